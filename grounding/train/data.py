@@ -1,0 +1,239 @@
+"""COCO-format detection data for grounded training.
+
+Each sample's caption is built from category names as in grounded pre-training: the categories present in the
+image (a random subset when there are many), some absent categories as negatives, shuffled, e.g.
+"blue star . red circle . green ring .". Each box's target is the positive map of its category's phrase: the
+caption tokens of that phrase (from `grounding.text.tokenize_caption`'s token spans).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import supervision as sv
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import normalize, pil_to_tensor
+
+from grounding.text import tokenize_caption
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CaptionSampling:
+    """How a training caption is drawn from an image's categories."""
+
+    max_phrases: int = 20  # present + absent phrases per caption
+    max_absent: int = 5  # absent categories added as negatives (0..max_absent, uniformly)
+    shuffle: bool = True
+
+
+@dataclass
+class ImageSizes:
+    """Resize policy: shorter side to one of `short_sides` (random in training), longer side capped."""
+
+    short_sides: tuple[int, ...] = (800,)
+    max_long_side: int = 1333
+
+
+@dataclass
+class GroundingSample:
+    """One image, its caption and its targets (boxes relative to the resized, unpadded image)."""
+
+    pixel_values: Tensor  # [3, H, W] ImageNet-normalised
+    input_ids: list[int]  # [T] [CLS] ... [SEP]
+    caption: str
+    phrases: tuple[str, ...]
+    target: dict[str, Tensor]  # boxes [N,4] cxcywh in [0,1], positive_map [N,max_text_len] bool, labels [N] category ids,
+    #                            optionally masks [N,H0,W0] bool at the original resolution
+    image_id: int
+    original_size: tuple[int, int]  # (H0, W0)
+
+
+def resize_to(image: Image.Image, short_side: int, max_long_side: int) -> Image.Image:
+    """Bilinear resize keeping aspect: shorter side -> short_side unless the longer side would pass max_long_side."""
+    width, height = image.size
+    scale = short_side / min(width, height)
+    if max(width, height) * scale > max_long_side:
+        scale = max_long_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.BILINEAR)
+
+
+def image_to_tensor(image: Image.Image) -> Tensor:
+    """PIL RGB -> [3, H, W] float, ImageNet-normalised."""
+    return normalize(pil_to_tensor(image).float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """COCO segmentation (uncompressed or compressed RLE, or polygons) -> [H, W] bool."""
+    if isinstance(segmentation, dict):
+        return sv.rle_to_mask(segmentation["counts"], resolution_wh=(width, height)).astype(bool)
+    mask = np.zeros((height, width), dtype=bool)
+    for polygon in segmentation:
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2).round().astype(np.int32)
+        mask |= sv.polygon_to_mask(points, resolution_wh=(width, height)).astype(bool)
+    return mask
+
+
+class CocoGroundingDataset(Dataset):
+    """Images and grounding targets from a COCO detection JSON.
+
+    Training samples draw a fresh caption per (seed, epoch, index) (see `set_epoch`), so runs are reproducible
+    and resumable. With `train=False` the caption holds all present categories in category order.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_dir: str | Path,
+        tokenizer: Any,
+        sizes: ImageSizes | None = None,
+        caption_sampling: CaptionSampling | None = None,
+        train: bool = True,
+        with_masks: bool = False,
+        max_text_len: int = 256,
+        seed: int = 0,
+    ) -> None:
+        coco = json.loads(Path(annotation_file).read_text())
+        self.image_dir = Path(image_dir)
+        self.tokenizer = tokenizer
+        self.sizes = sizes or ImageSizes()
+        self.caption_sampling = caption_sampling or CaptionSampling()
+        self.train = train
+        self.with_masks = with_masks
+        self.max_text_len = max_text_len
+        self.seed = seed
+        self.epoch = 0
+        self.categories: dict[int, str] = {c["id"]: " ".join(c["name"].lower().replace("_", " ").split()) for c in coco["categories"]}
+        self.images: list[dict[str, Any]] = sorted(coco["images"], key=lambda im: im["id"])
+        self.annotations: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for annotation in coco["annotations"]:
+            if not annotation.get("iscrowd", 0) and annotation["bbox"][2] > 0 and annotation["bbox"][3] > 0:
+                self.annotations[annotation["image_id"]].append(annotation)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.open(self.image_dir / self.images[index]["file_name"]).convert("RGB")
+
+    def _choose_categories(self, rng: np.random.Generator, present: list[int]) -> list[int]:
+        sampling = self.caption_sampling
+        if not self.train:
+            return sorted(present)
+        chosen = list(rng.permutation(present)[: sampling.max_phrases])
+        absent = [c for c in self.categories if c not in present]
+        num_absent = min(int(rng.integers(0, sampling.max_absent + 1)), len(absent), sampling.max_phrases - len(chosen))
+        if not chosen:
+            num_absent = max(num_absent, min(1, len(absent)))  # a caption needs at least one phrase
+        chosen += list(rng.choice(absent, size=num_absent, replace=False)) if num_absent else []
+        if sampling.shuffle:
+            rng.shuffle(chosen)
+        else:
+            chosen.sort()
+        return [int(c) for c in chosen]
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        info = self.images[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        annotations = self.annotations.get(info["id"], [])
+        present = sorted({a["category_id"] for a in annotations})
+        chosen = self._choose_categories(rng, present)
+
+        # The first chunk holds as many phrases as fit in max_text_len tokens; the others' boxes are dropped.
+        chunk = tokenize_caption([self.categories[c] for c in chosen], self.tokenizer, self.max_text_len)[0]
+        phrase_span = dict(zip(chunk.phrases, chunk.phrase_spans))
+        category_span = {c: phrase_span[self.categories[c]] for c in chosen if self.categories[c] in phrase_span}
+        kept = [a for a in annotations if a["category_id"] in category_span]
+
+        image = self.load_image(index)
+        width0, height0 = image.size
+        short_side = int(rng.choice(self.sizes.short_sides)) if self.train else max(self.sizes.short_sides)
+        resized = resize_to(image, short_side, self.sizes.max_long_side)
+
+        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # xywh px
+        boxes = torch.stack(
+            [
+                (boxes[:, 0] + boxes[:, 2] / 2) / width0,
+                (boxes[:, 1] + boxes[:, 3] / 2) / height0,
+                boxes[:, 2] / width0,
+                boxes[:, 3] / height0,
+            ],
+            dim=-1,
+        ).clamp(0, 1)  # [N, 4] cxcywh
+        positive_map = torch.zeros(len(kept), self.max_text_len, dtype=torch.bool)
+        for row, annotation in enumerate(kept):
+            start, end = category_span[annotation["category_id"]]
+            positive_map[row, start:end] = True
+        target = {
+            "boxes": boxes,
+            "positive_map": positive_map,
+            "labels": torch.tensor([a["category_id"] for a in kept], dtype=torch.int64),
+        }
+        if self.with_masks:
+            target["masks"] = torch.from_numpy(
+                np.stack([decode_segmentation(a["segmentation"], height0, width0) for a in kept])
+                if kept
+                else np.zeros((0, height0, width0), dtype=bool)
+            )
+        return GroundingSample(
+            pixel_values=image_to_tensor(resized),
+            input_ids=list(chunk.input_ids),
+            caption=chunk.caption,
+            phrases=chunk.phrases,
+            target=target,
+            image_id=int(info["id"]),
+            original_size=(height0, width0),
+        )
+
+
+@dataclass
+class GroundingBatch:
+    """Padded model inputs for a list of samples."""
+
+    pixel_values: Tensor  # [B, 3, H, W] zero-padded bottom/right
+    pixel_mask: Tensor  # [B, H, W] bool, True = valid pixel
+    input_ids: Tensor  # [B, T] padded with 0
+    attention_mask: Tensor  # [B, T] bool, True = real token
+    targets: list[dict[str, Tensor]]
+    samples: list[GroundingSample]
+
+    def to(self, device: torch.device | str) -> "GroundingBatch":
+        return GroundingBatch(
+            self.pixel_values.to(device),
+            self.pixel_mask.to(device),
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            [{k: v.to(device) for k, v in t.items()} for t in self.targets],
+            self.samples,
+        )
+
+
+def collate(samples: list[GroundingSample]) -> GroundingBatch:
+    """Pad images to the largest in the batch and captions to the longest."""
+    height = max(s.pixel_values.shape[1] for s in samples)
+    width = max(s.pixel_values.shape[2] for s in samples)
+    length = max(len(s.input_ids) for s in samples)
+    pixel_values = torch.zeros(len(samples), 3, height, width)
+    pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.bool)
+    input_ids = torch.zeros(len(samples), length, dtype=torch.int64)
+    attention_mask = torch.zeros(len(samples), length, dtype=torch.bool)
+    for i, sample in enumerate(samples):
+        _, h, w = sample.pixel_values.shape
+        pixel_values[i, :, :h, :w] = sample.pixel_values
+        pixel_mask[i, :h, :w] = True
+        input_ids[i, : len(sample.input_ids)] = torch.tensor(sample.input_ids)
+        attention_mask[i, : len(sample.input_ids)] = True
+    return GroundingBatch(pixel_values, pixel_mask, input_ids, attention_mask, [s.target for s in samples], samples)
