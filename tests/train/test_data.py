@@ -1,0 +1,72 @@
+"""COCO grounding dataset: sampled captions, positive maps on the phrase's tokens, normalised boxes, batching."""
+import json
+
+import pytest
+import torch
+
+from grounding.text import load_tokenizer
+from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes, collate
+from grounding.train.shapes import ShapesConfig, generate_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes_data")
+    annotation_file = generate_dataset(out, num_images=4, seed=1, config=ShapesConfig(image_size=(160, 120)))
+    return annotation_file, out / "images"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def test_positive_map_covers_exactly_the_category_tokens(shapes, tokenizer):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((120,), 400))
+    coco = json.loads(shapes[0].read_text())
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        present = {dataset.categories[a["category_id"]] for a in coco["annotations"] if a["image_id"] == sample.image_id}
+        assert present <= set(sample.phrases)
+        assert sample.input_ids == tokenizer(sample.caption)["input_ids"]
+        for row, label in enumerate(sample.target["labels"].tolist()):
+            tokens = [sample.input_ids[i] for i in sample.target["positive_map"][row].nonzero().flatten().tolist()]
+            assert tokenizer.decode(tokens) == dataset.categories[label]
+        assert sample.target["positive_map"].shape[1] == 256
+
+
+def test_boxes_normalised_to_the_image(shapes, tokenizer):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((240,), 400), train=False)
+    coco = json.loads(shapes[0].read_text())
+    sample = dataset[0]
+    assert sample.pixel_values.shape == (3, 240, 320)
+    first = sorted((a for a in coco["annotations"] if a["image_id"] == sample.image_id), key=lambda a: a["category_id"])
+    expected = torch.tensor([[(x + w / 2) / 160, (y + h / 2) / 120, w / 160, h / 120] for x, y, w, h in (a["bbox"] for a in first)])
+    order = sample.target["labels"].argsort(stable=True)
+    assert torch.allclose(sample.target["boxes"][order], expected, atol=1e-6)
+
+
+def test_captions_resampled_per_epoch_with_absent_negatives(shapes, tokenizer):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, caption_sampling=CaptionSampling(max_absent=5), sizes=ImageSizes((120,), 400))
+    captions = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        captions.append(dataset[0].caption)
+    dataset.set_epoch(0)
+    assert dataset[0].caption == captions[0]  # deterministic per (seed, epoch, index)
+    assert len(set(captions)) > 1
+    present = set(dataset[0].target["labels"].tolist())
+    assert any(len(c.split(" . ")) > len(present) for c in captions)  # some captions carry absent phrases
+
+
+def test_masks_and_collate(shapes, tokenizer):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((60, 120), 400), with_masks=True)
+    samples = [dataset[i] for i in range(3)]
+    assert all(s.target["masks"].shape[1:] == (120, 160) for s in samples)
+    batch = collate(samples)
+    height = max(s.pixel_values.shape[1] for s in samples)
+    assert batch.pixel_values.shape[0] == 3 and batch.pixel_values.shape[2] == height
+    for i, sample in enumerate(samples):
+        assert batch.pixel_mask[i].sum() == sample.pixel_values.shape[1] * sample.pixel_values.shape[2]
+        assert batch.attention_mask[i].sum() == len(sample.input_ids)
+        assert batch.input_ids[i, : len(sample.input_ids)].tolist() == sample.input_ids
