@@ -1,0 +1,342 @@
+"""GroundedSAM: image + text prompt -> boxes, phrases and masks, with caches that make sliders live.
+
+A request reads top-down:
+
+    load_image -> image_key ─┬─ [raw cache] (image, prompt) -> RawDetections ── hit: no model runs
+                             │     miss: [image cache] detector.encode_image (Swin, once per image)
+                             │           detector.run_text (BERT + transformer, per prompt)
+                             ├─ detector.filter (thresholds) -> class-agnostic NMS          (always, ~ms)
+                             └─ [mask cache] (image, box) -> mask ── missing boxes only:
+                                   [image cache] segmenter.encode_image (SAM ViT, once per image)
+                                   segmenter.decode_boxes (all missing boxes in one batched call)
+
+So a threshold or NMS move runs no model at all, a new prompt on a seen image runs neither image encoder,
+and a box seen before never goes through SAM's decoder again.
+
+Public API (consumed by the UI in `app/`):
+    pipeline = GroundedSAM.from_names(detector="swint_ogc", sam="vit_b", device=None)
+    result = pipeline.segment(image, "cat . remote control .", box_threshold=0.35, text_threshold=0.25,
+                              nms_iou=None, multimask=False)
+    result.boxes [N,4] xyxy px, result.scores [N], result.phrases [N], result.masks [N,H,W] bool,
+    result.timings {stage: seconds}, result.cache {cache: hit?}, result.image_size (W, H), result.notes
+    pipeline.detect(...) is the same without masks; pipeline.stats counts model calls.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+import torchvision
+
+from grounding.cache import CacheConfig, PipelineCaches, box_key, image_key
+from grounding.errors import InvalidThresholdError, WeightsUnavailableError
+from grounding.images import ImageLimits, LoadedImage, load_image
+from grounding.postprocess import check_threshold
+from grounding.results import Detections
+from grounding.sam import SamMasks, SamSegmenter
+from grounding.text import normalize_caption, split_phrases
+
+# NMS is off by default, as in the official demos (Grounding DINO rarely returns one object twice under
+# the same phrase). 0.5 is the value to offer when a prompt names one thing twice ("dog . puppy ."):
+# Grounded-SAM's automatic labelling uses 0.5 with torchvision's NMS.
+SUGGESTED_NMS_IOU = 0.5
+
+
+class Detector(Protocol):
+    """What GroundedSAM needs from `grounding.detector.GroundingDetector`."""
+
+    def encode_image(self, image: Any) -> Any: ...
+    def run_text(self, encoding: Any, prompt: str) -> Any: ...
+    def filter(self, raw: Any, box_threshold: float, text_threshold: float) -> Detections: ...
+
+
+@dataclass(frozen=True)
+class GroundedResult(Detections):
+    """Detections of one image plus masks and bookkeeping. Boxes and masks are in the frame of the image
+    the models saw: the input, or its downscaled copy when it exceeded the size limit (see `notes`)."""
+
+    masks: np.ndarray | None = None  # [N, H, W] bool, or None from detect()
+    mask_scores: np.ndarray | None = None  # [N] float32 SAM's predicted IoU per mask
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, plus "total"
+    cache: dict[str, bool] = field(default_factory=dict)  # cache consulted -> hit (only those consulted)
+    image_size: tuple[int, int] = (0, 0)  # (W, H) of boxes' and masks' frame
+    original_size: tuple[int, int] = (0, 0)  # (W, H) of the input (after EXIF rotation)
+    prompt_phrases: list[str] = field(default_factory=list)  # the prompt's phrases, in order (stable classes)
+    notes: list[str] = field(default_factory=list)  # what was done to the input (downscaled, converted, ...)
+
+
+@dataclass
+class PipelineStats:
+    """Model calls made by one GroundedSAM (what the cache tests count)."""
+
+    detector_image_encodes: int = 0  # Swin + input projection
+    detector_text_runs: int = 0  # BERT + encoder/decoder, once per prompt chunk set
+    sam_image_encodes: int = 0  # SAM ViT
+    sam_decoder_calls: int = 0  # batched prompt-encoder + mask-decoder calls
+    sam_masks_decoded: int = 0  # boxes that went through the decoder
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def model_calls(self) -> int:
+        return self.detector_image_encodes + self.detector_text_runs + self.sam_image_encodes + self.sam_decoder_calls
+
+
+def class_agnostic_nms(boxes: np.ndarray, scores: np.ndarray, iou: float | None) -> np.ndarray:
+    """Indices to keep (highest score first) after NMS across all phrases; None or >= 1 keeps all."""
+    if iou is None or iou >= 1.0 or len(boxes) < 2:
+        return np.argsort(-scores, kind="stable")
+    keep = torchvision.ops.nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores), float(iou))
+    return keep.numpy()
+
+
+def check_nms_iou(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
+        raise InvalidThresholdError(f"nms_iou must be None (off) or a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _model_id(model: Any, fallback: str) -> str:
+    return str(getattr(model, "model_id", None) or f"{fallback}@{id(model):x}")
+
+
+class GroundedSAM:
+    """Grounding DINO boxes + SAM masks behind content-keyed caches. Safe to call from several threads."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        segmenter: SamSegmenter | None = None,
+        cache_config: CacheConfig | None = None,
+        image_limits: ImageLimits | None = None,
+        caches: PipelineCaches | None = None,
+    ) -> None:
+        """`segmenter=None` gives a boxes-only pipeline (`segment` then raises WeightsUnavailableError).
+        `caches` may be shared between pipelines over different models: keys include the model ids."""
+        self.detector = detector
+        self.segmenter = segmenter
+        self.caches = caches or PipelineCaches(cache_config or CacheConfig())
+        self.image_limits = image_limits or ImageLimits()
+        self.detector_id = _model_id(detector, "detector")
+        self.segmenter_id = _model_id(segmenter, "sam") if segmenter is not None else None
+        self.stats = PipelineStats()
+        self._stats_lock = threading.Lock()
+
+    @classmethod
+    def from_names(
+        cls,
+        detector: str = "swint_ogc",
+        sam: str | None = "auto",
+        device: str | torch.device | None = None,
+        sam_checkpoint: str | Path | None = None,
+        download: bool = True,
+        cache_config: CacheConfig | None = None,
+    ) -> "GroundedSAM":
+        """Load both models by name.
+
+        detector: "swint_ogc" | "swinb_cogcoor" | "IDEA-Research/grounding-dino-tiny" | "...-base" | a local
+            .pth / .safetensors / directory (see `GroundingDetector.from_pretrained`).
+        sam: "vit_b" | "vit_l" | "vit_h" | "tiny" | "auto" (vit_h on a GPU, vit_b on CPU) | None (boxes only).
+        sam_checkpoint: a local SAM .pth (else $SAM_CHECKPOINT, the cache, or a download).
+        Raises WeightsUnavailableError / CheckpointMismatchError saying what to do.
+        """
+        from grounding.detector import GroundingDetector
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        grounding_detector = GroundingDetector.from_pretrained(detector, device=device)
+        segmenter = None
+        if sam is not None:
+            variant = None if sam == "auto" else sam
+            segmenter = SamSegmenter.from_pretrained(variant, checkpoint=sam_checkpoint, device=device, download=download)
+        return cls(grounding_detector, segmenter, cache_config=cache_config)
+
+    @property
+    def device(self) -> str:
+        device = getattr(self.detector, "device", None) or (self.segmenter.device if self.segmenter else "cpu")
+        return str(device)
+
+    def describe(self) -> dict[str, Any]:
+        """Models, device and deformable-attention backend in use (for the UI's status line)."""
+        from grounding.ops.ms_deform_attn import backend
+
+        return {
+            "detector": self.detector_id,
+            "sam": self.segmenter_id,
+            "device": self.device,
+            "deform_attn_backend": backend(self.device),
+        }
+
+    def detect(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        nms_iou: float | None = None,
+    ) -> GroundedResult:
+        """Boxes, scores and phrases for `prompt` in `image` (masks None).
+
+        image: path, bytes, PIL image or numpy array (see `grounding.images.load_image`).
+        prompt: "cat . remote control ." or ["cat", "remote control"]; longer than 256 tokens is chunked.
+        box_threshold: keep a box whose best token probability exceeds this, in [0, 1].
+        text_threshold: tokens above this form the phrase label, in [0, 1].
+        nms_iou: class-agnostic NMS IoU in [0, 1]; None (default) or 1.0 is off. See SUGGESTED_NMS_IOU.
+        Raises InvalidImageError, InvalidPromptError, InvalidThresholdError.
+        """
+        return self._run(image, prompt, box_threshold, text_threshold, nms_iou, masks=False, multimask=False)
+
+    def segment(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        nms_iou: float | None = None,
+        multimask: bool = False,
+    ) -> GroundedResult:
+        """`detect` plus one SAM mask per box at the image's resolution.
+
+        multimask: ask SAM for three masks per box and keep the one with the best predicted IoU.
+        Raises what `detect` raises, and WeightsUnavailableError if no SAM is loaded.
+        """
+        if self.segmenter is None:
+            raise WeightsUnavailableError(
+                "No SAM model is loaded, so masks are unavailable: turn masks off, or load SAM "
+                "(GroundedSAM.from_names(sam='vit_b', sam_checkpoint=...) / $SAM_CHECKPOINT)."
+            )
+        return self._run(image, prompt, box_threshold, text_threshold, nms_iou, masks=True, multimask=multimask)
+
+    @contextmanager
+    def _count(self, counter: str, amount: int = 1) -> Iterator[None]:
+        yield
+        with self._stats_lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + amount)
+
+    def _run(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float | None,
+        masks: bool,
+        multimask: bool,
+    ) -> GroundedResult:
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        cache_hits: dict[str, bool] = {}
+
+        # Cheap checks first, so a bad slider value or empty prompt never waits for an image encoder.
+        box_threshold = check_threshold(box_threshold, "box_threshold")
+        text_threshold = check_threshold(text_threshold, "text_threshold")
+        nms_iou = check_nms_iou(nms_iou)
+        caption = normalize_caption(prompt)
+
+        tick = time.perf_counter()
+        loaded = load_image(image, self.image_limits)
+        key = image_key(loaded.pixels)
+        timings["load_image"] = time.perf_counter() - tick
+
+        raw, cache_hits["raw_detections"] = self.caches.raw_detections.get_or_create(
+            (self.detector_id, key, caption), lambda: self._raw_detections(loaded, key, caption, timings, cache_hits)
+        )
+
+        tick = time.perf_counter()
+        detections = self.detector.filter(raw, box_threshold, text_threshold)
+        timings["filter"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        keep = class_agnostic_nms(detections.boxes, detections.scores, nms_iou)
+        boxes = np.asarray(detections.boxes, np.float32)[keep].reshape(-1, 4)
+        scores = np.asarray(detections.scores, np.float32)[keep].reshape(-1)
+        phrases = [detections.phrases[i] for i in keep]
+        timings["nms"] = time.perf_counter() - tick
+
+        sam_masks = self._masks(loaded, key, boxes, multimask, timings, cache_hits) if masks else None
+        timings["total"] = time.perf_counter() - start
+        return GroundedResult(
+            boxes=boxes,
+            scores=scores,
+            phrases=phrases,
+            masks=sam_masks.masks if sam_masks is not None else None,
+            mask_scores=sam_masks.iou_scores if sam_masks is not None else None,
+            timings=timings,
+            cache=cache_hits,
+            image_size=loaded.size,
+            original_size=loaded.original_size,
+            prompt_phrases=split_phrases(caption),
+            notes=list(loaded.notes),
+        )
+
+    def _raw_detections(
+        self, loaded: LoadedImage, key: str, caption: str, timings: dict[str, float], cache_hits: dict[str, bool]
+    ) -> Any:
+        """Level-2 miss: the detector's text stage on the (cached) image encoding."""
+        tick = time.perf_counter()
+        encoding, cache_hits["image_features"] = self.caches.image_features.get_or_create(
+            (self.detector_id, key), lambda: self._encode_for_detector(loaded)
+        )
+        timings["detector_image"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        with self._count("detector_text_runs"):
+            raw = self.detector.run_text(encoding, caption)
+        timings["detector_text"] = time.perf_counter() - tick
+        return raw
+
+    def _encode_for_detector(self, loaded: LoadedImage) -> Any:
+        with self._count("detector_image_encodes"):
+            return self.detector.encode_image(loaded.to_pil())
+
+    def _encode_for_sam(self, loaded: LoadedImage) -> Any:
+        assert self.segmenter is not None
+        with self._count("sam_image_encodes"):
+            return self.segmenter.encode_image(loaded.pixels)
+
+    def _masks(
+        self,
+        loaded: LoadedImage,
+        key: str,
+        boxes: np.ndarray,
+        multimask: bool,
+        timings: dict[str, float],
+        cache_hits: dict[str, bool],
+    ) -> SamMasks:
+        """Level-3 lookups per box; the missing boxes go through SAM's decoder in one batched call."""
+        assert self.segmenter is not None
+        width, height = loaded.size
+        mask_keys = [(self.segmenter_id, key, box_key(box), multimask) for box in boxes]
+        cached = [self.caches.masks.get(k) for k in mask_keys]
+        missing = [i for i, entry in enumerate(cached) if entry is None]
+        cache_hits["masks"] = not missing
+        if missing:
+            tick = time.perf_counter()
+            embedding, cache_hits["sam_embedding"] = self.caches.sam_embeddings.get_or_create(
+                (self.segmenter_id, key), lambda: self._encode_for_sam(loaded)
+            )
+            timings["sam_image"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            with self._count("sam_decoder_calls"), self._count("sam_masks_decoded", len(missing)):
+                decoded = self.segmenter.decode_boxes(embedding, boxes[missing], multimask=multimask)
+            for j, i in enumerate(missing):
+                entry = (decoded.masks[j], np.float32(decoded.iou_scores[j]))
+                self.caches.masks.put(mask_keys[i], entry)
+                cached[i] = entry
+            timings["sam_decode"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        if cached:
+            stacked = np.stack([entry[0] for entry in cached])  # [N, H, W] bool
+            iou_scores = np.array([entry[1] for entry in cached], np.float32)
+        else:
+            stacked, iou_scores = np.zeros((0, height, width), bool), np.zeros((0,), np.float32)
+        timings["assemble_masks"] = time.perf_counter() - tick
+        return SamMasks(stacked, iou_scores)
