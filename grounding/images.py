@@ -198,7 +198,8 @@ def _fit(converted: tuple[np.ndarray, tuple[str, ...]], limits: ImageLimits) -> 
     if max(width, height) > limits.max_side:
         scale = limits.max_side / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+        # BOX = area average: alias-free for downscaling and ~1 s on 100 MP where LANCZOS takes ~4 s.
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX))
         notes = notes + (
             f"downscaled from {width}x{height} to {size[0]}x{size[1]} (long side limit {limits.max_side} px); "
             f"boxes and masks refer to the downscaled image",
