@@ -1,0 +1,259 @@
+// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for shapes and convention).
+//
+// Work split: one thread per output element (b, q, m, d). The D threads of one (b, q, m) are neighbours, so
+// value reads of a sampling corner are coalesced over channels, and the per-point gradients of locations and
+// weights (sums over d) are reduced with warp shuffles before one atomic add per group of lanes.
+#include "ms_deform_attn.h"
+
+#include <algorithm>
+
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace grounding_ops {
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride loops cover the rest
+
+struct Sizes {
+  int64_t batch, spatial, queries, heads, channels, levels, points;
+};
+
+// One sampling point on one level: the top-left corner and the bilinear fractions. Corners outside
+// [0, H) x [0, W) read as zero (padding_mode="zeros").
+template <typename acc_t>
+struct BilinearPoint {
+  int row0, col0;
+  acc_t frac_row, frac_col;  // distance from the top-left corner, in [0, 1)
+  bool row0_in, row1_in, col0_in, col1_in;
+
+  __device__ __forceinline__ BilinearPoint(acc_t x, acc_t y, int height, int width) {
+    const acc_t row = y * static_cast<acc_t>(height) - acc_t(0.5);
+    const acc_t col = x * static_cast<acc_t>(width) - acc_t(0.5);
+    const acc_t row_floor = floor(row);
+    const acc_t col_floor = floor(col);
+    // Points far outside (or NaN) touch no pixel; clamp before the int cast to stay defined.
+    const bool touches = row > acc_t(-1) && col > acc_t(-1) && row < height && col < width;
+    row0 = touches ? static_cast<int>(row_floor) : -2;
+    col0 = touches ? static_cast<int>(col_floor) : -2;
+    frac_row = touches ? row - row_floor : acc_t(0);
+    frac_col = touches ? col - col_floor : acc_t(0);
+    row0_in = row0 >= 0;
+    row1_in = touches && row0 + 1 < height;
+    col0_in = col0 >= 0;
+    col1_in = touches && col0 + 1 < width;
+  }
+};
+
+// value_level points at (pixel 0, head m, channel d) of one level; pixels are `pixel_stride` apart.
+template <typename scalar_t, typename acc_t>
+struct Corners {
+  acc_t v00, v01, v10, v11;  // v{row}{col}
+
+  __device__ __forceinline__ Corners(const scalar_t* value_level, int width, int64_t pixel_stride,
+                                     const BilinearPoint<acc_t>& pt) {
+    const int64_t top = static_cast<int64_t>(pt.row0) * width + pt.col0;
+    const int64_t bottom = top + width;
+    v00 = (pt.row0_in && pt.col0_in) ? static_cast<acc_t>(value_level[top * pixel_stride]) : acc_t(0);
+    v01 = (pt.row0_in && pt.col1_in) ? static_cast<acc_t>(value_level[(top + 1) * pixel_stride]) : acc_t(0);
+    v10 = (pt.row1_in && pt.col0_in) ? static_cast<acc_t>(value_level[bottom * pixel_stride]) : acc_t(0);
+    v11 = (pt.row1_in && pt.col1_in) ? static_cast<acc_t>(value_level[(bottom + 1) * pixel_stride]) : acc_t(0);
+  }
+
+  __device__ __forceinline__ acc_t interpolate(const BilinearPoint<acc_t>& pt) const {
+    const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
+    return up * (left * v00 + pt.frac_col * v01) + pt.frac_row * (left * v10 + pt.frac_col * v11);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void ms_deform_attn_forward_kernel(
+    const scalar_t* __restrict__ value,            // [B, S, M, D]
+    const int64_t* __restrict__ spatial_shapes,     // [L, 2]
+    const int64_t* __restrict__ level_start_index,  // [L]
+    const acc_t* __restrict__ sampling_locations,   // [B, Q, M, L, P, 2]
+    const acc_t* __restrict__ attention_weights,    // [B, Q, M, L, P]
+    scalar_t* __restrict__ output,                  // [B, Q, M, D]
+    Sizes n) {
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  const int64_t pixel_stride = n.heads * n.channels;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = idx % n.channels;
+    const int64_t bqm = idx / n.channels;
+    const int64_t m = bqm % n.heads;
+    const int64_t b = bqm / (n.queries * n.heads);
+    const scalar_t* value_bm = value + b * n.spatial * pixel_stride + m * n.channels + d;
+    const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
+    const acc_t* weights = attention_weights + bqm * n.levels * n.points;
+    acc_t acc = 0;
+    for (int64_t l = 0; l < n.levels; ++l) {
+      const int height = static_cast<int>(spatial_shapes[2 * l]);
+      const int width = static_cast<int>(spatial_shapes[2 * l + 1]);
+      const scalar_t* value_level = value_bm + level_start_index[l] * pixel_stride;
+      for (int64_t p = 0; p < n.points; ++p) {
+        const int64_t lp = l * n.points + p;
+        const BilinearPoint<acc_t> pt(locations[2 * lp], locations[2 * lp + 1], height, width);
+        const Corners<scalar_t, acc_t> corners(value_level, width, pixel_stride, pt);
+        acc += weights[lp] * corners.interpolate(pt);
+      }
+    }
+    output[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+// Sum `v` over aligned groups of `group` lanes (a power of two dividing 32); every lane of the warp calls it.
+template <typename acc_t>
+__device__ __forceinline__ acc_t group_sum(acc_t v, int group) {
+  for (int offset = group / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void ms_deform_attn_backward_kernel(
+    const scalar_t* __restrict__ grad_output,       // [B, Q, M, D]
+    const scalar_t* __restrict__ value,             // [B, S, M, D]
+    const int64_t* __restrict__ spatial_shapes,     // [L, 2]
+    const int64_t* __restrict__ level_start_index,  // [L]
+    const acc_t* __restrict__ sampling_locations,   // [B, Q, M, L, P, 2]
+    const acc_t* __restrict__ attention_weights,    // [B, Q, M, L, P]
+    acc_t* __restrict__ grad_value,                 // [B, S, M, D], accumulated atomically
+    acc_t* __restrict__ grad_sampling_locations,    // [B, Q, M, L, P, 2]
+    acc_t* __restrict__ grad_attention_weights,     // [B, Q, M, L, P]
+    Sizes n,
+    int group) {  // lanes that share one (b, q, m) and are reduced together: gcd(D, 32)
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  const int64_t pixel_stride = n.heads * n.channels;
+  // The loop bound is uniform over the block so that every lane takes part in the shuffles.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < total;
+       base += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t thread_idx = base + threadIdx.x;
+    const bool active = thread_idx < total;
+    const int64_t idx = active ? thread_idx : total - 1;  // idle lanes read valid memory, add nothing
+    const int64_t d = idx % n.channels;
+    const int64_t bqm = idx / n.channels;
+    const int64_t m = bqm % n.heads;
+    const int64_t b = bqm / (n.queries * n.heads);
+    const bool group_leader = active && (d % group == 0);
+    const acc_t grad_out = active ? static_cast<acc_t>(grad_output[idx]) : acc_t(0);
+    const int64_t value_offset = b * n.spatial * pixel_stride + m * n.channels + d;
+    const scalar_t* value_bm = value + value_offset;
+    acc_t* grad_value_bm = grad_value + value_offset;
+    const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
+    const acc_t* weights = attention_weights + bqm * n.levels * n.points;
+    for (int64_t l = 0; l < n.levels; ++l) {
+      const int height = static_cast<int>(spatial_shapes[2 * l]);
+      const int width = static_cast<int>(spatial_shapes[2 * l + 1]);
+      const int64_t level_offset = level_start_index[l] * pixel_stride;
+      for (int64_t p = 0; p < n.points; ++p) {
+        const int64_t lp = l * n.points + p;
+        const BilinearPoint<acc_t> pt(locations[2 * lp], locations[2 * lp + 1], height, width);
+        const Corners<scalar_t, acc_t> c(value_bm + level_offset, width, pixel_stride, pt);
+        const acc_t weight = weights[lp];
+        const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
+
+        // d out / d weight, and d out / d (fractional row, col) scaled by d (row, col) / d (y, x) = (H, W).
+        acc_t grad_weight = grad_out * c.interpolate(pt);
+        acc_t grad_x = grad_out * weight * width * (up * (c.v01 - c.v00) + pt.frac_row * (c.v11 - c.v10));
+        acc_t grad_y = grad_out * weight * height * (left * (c.v10 - c.v00) + pt.frac_col * (c.v11 - c.v01));
+
+        const acc_t grad_sample = grad_out * weight;
+        if (active && grad_sample != acc_t(0)) {
+          acc_t* g = grad_value_bm + level_offset;
+          const int64_t top = static_cast<int64_t>(pt.row0) * width + pt.col0;
+          const int64_t bottom = top + width;
+          if (pt.row0_in && pt.col0_in) atomicAdd(g + top * pixel_stride, grad_sample * up * left);
+          if (pt.row0_in && pt.col1_in) atomicAdd(g + (top + 1) * pixel_stride, grad_sample * up * pt.frac_col);
+          if (pt.row1_in && pt.col0_in) atomicAdd(g + bottom * pixel_stride, grad_sample * pt.frac_row * left);
+          if (pt.row1_in && pt.col1_in)
+            atomicAdd(g + (bottom + 1) * pixel_stride, grad_sample * pt.frac_row * pt.frac_col);
+        }
+
+        grad_weight = group_sum(grad_weight, group);
+        grad_x = group_sum(grad_x, group);
+        grad_y = group_sum(grad_y, group);
+        if (group_leader) {
+          const int64_t point = bqm * n.levels * n.points + lp;
+          atomicAdd(grad_attention_weights + point, grad_weight);
+          atomicAdd(grad_sampling_locations + 2 * point, grad_x);
+          atomicAdd(grad_sampling_locations + 2 * point + 1, grad_y);
+        }
+      }
+    }
+  }
+}
+
+Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
+  return Sizes{value.size(0),
+               value.size(1),
+               sampling_locations.size(1),
+               value.size(2),
+               value.size(3),
+               sampling_locations.size(3),
+               sampling_locations.size(4)};
+}
+
+int blocks_for(int64_t total) {
+  return static_cast<int>(std::min<int64_t>((total + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks));
+}
+
+}  // namespace
+
+void launch_ms_deform_attn_forward(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& output) {
+  const Sizes n = sizes_of(value, sampling_locations);
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  if (total == 0) return;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
+                                  "ms_deform_attn_forward", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    ms_deform_attn_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
+        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<acc_t>(),
+        attention_weights.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void launch_ms_deform_attn_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& grad_value,
+    at::Tensor& grad_sampling_locations,
+    at::Tensor& grad_attention_weights) {
+  const Sizes n = sizes_of(value, sampling_locations);
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  if (total == 0) return;
+  // Largest power of two dividing both D and the warp size: such lane groups never straddle a (b, q, m).
+  int group = 1;
+  while (group < 32 && n.channels % (group * 2) == 0) group *= 2;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
+                                  "ms_deform_attn_backward", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    ms_deform_attn_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
+        sampling_locations.const_data_ptr<acc_t>(), attention_weights.const_data_ptr<acc_t>(),
+        grad_value.mutable_data_ptr<acc_t>(), grad_sampling_locations.mutable_data_ptr<acc_t>(),
+        grad_attention_weights.mutable_data_ptr<acc_t>(), n, group);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace grounding_ops

@@ -1,0 +1,103 @@
+"""Which implementation `grounding.ops.ms_deform_attn` picks, and the fallback when the CUDA op fails."""
+import logging
+
+import pytest
+import torch
+
+from grounding.ops import backend, cuda_extension, ms_deform_attn
+from grounding.ops.ms_deform_attn import backend_reason
+from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch
+from tests.ops.reference import random_inputs
+
+
+@pytest.fixture
+def fresh_status():
+    """Forget the per-process extension status before and after the test."""
+    cuda_extension.extension_status.cache_clear()
+    yield
+    cuda_extension.extension_status.cache_clear()
+
+
+@pytest.fixture
+def pretend_gpu(monkeypatch, fresh_status):
+    """A machine that reports a CUDA device and has no op loaded or prebuilt yet."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "13.0")
+    monkeypatch.setattr(cuda_extension, "is_registered", lambda: False)
+    monkeypatch.setattr(cuda_extension, "prebuilt_library", lambda: None)
+    monkeypatch.delenv(cuda_extension.DISABLE_ENV, raising=False)
+
+
+def test_cpu_tensors_use_the_pytorch_path(monkeypatch):
+    def must_not_be_called():
+        raise AssertionError("CPU tensors must not touch the CUDA extension")
+
+    monkeypatch.setattr(cuda_extension, "extension_status", must_not_be_called)
+    inputs = random_inputs([(3, 5), (2, 2)], dtype=torch.float32)
+    torch.testing.assert_close(ms_deform_attn(*inputs), ms_deform_attn_torch(*inputs), rtol=0, atol=0)
+    assert backend("cpu") == "pytorch"
+    assert backend_reason("cpu") == "pytorch (cpu tensors)"
+
+
+def test_default_device_without_gpu_is_pytorch():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert backend() == "pytorch"
+
+
+def test_cuda_device_without_gpu_reports_why(fresh_status):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert backend("cuda") == "pytorch"
+    assert backend_reason("cuda") in {"pytorch (no CUDA device)", f"pytorch (disabled by {cuda_extension.DISABLE_ENV}=1)"}
+
+
+def test_env_switch_forces_pytorch(pretend_gpu, monkeypatch):
+    monkeypatch.setenv(cuda_extension.DISABLE_ENV, "1")
+    monkeypatch.setattr(cuda_extension, "build_extension", lambda *a, **k: pytest.fail("must not build"))
+    assert backend("cuda:0") == "pytorch"
+    assert backend_reason("cuda:0") == f"pytorch (disabled by {cuda_extension.DISABLE_ENV}=1)"
+
+
+def test_failing_build_falls_back_with_one_log_line(pretend_gpu, monkeypatch, caplog):
+    calls = []
+
+    def failing_build(*args, **kwargs):
+        calls.append(1)
+        raise cuda_extension.ExtensionUnavailable("building the CUDA op failed: nvcc exploded")
+
+    monkeypatch.setattr(cuda_extension, "build_extension", failing_build)
+    with caplog.at_level(logging.WARNING, logger=cuda_extension.__name__):
+        for _ in range(3):
+            assert backend("cuda") == "pytorch"
+        reason = backend_reason("cuda")
+    assert calls == [1]
+    assert reason == "pytorch (building the CUDA op failed: nvcc exploded)"
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "using the PyTorch path" in warnings[0].getMessage()
+    assert "nvcc exploded" in warnings[0].getMessage()
+
+
+def test_unexpected_error_while_loading_never_escapes(pretend_gpu, monkeypatch, caplog, tmp_path):
+    library = tmp_path / "_C.so"
+    library.write_bytes(b"not a shared library")
+    monkeypatch.setattr(cuda_extension, "prebuilt_library", lambda: library)
+    with caplog.at_level(logging.WARNING, logger=cuda_extension.__name__):
+        status = cuda_extension.extension_status()
+    assert not status.available
+    assert status.reason.startswith(f"loading {library} failed")
+    assert len(caplog.records) == 1
+
+
+def test_working_build_selects_the_extension(pretend_gpu, monkeypatch):
+    monkeypatch.setattr(cuda_extension, "build_extension", lambda: cuda_extension.build_directory() / "op.so")
+    assert backend("cuda") == "cuda-extension"
+    assert backend_reason("cuda").startswith("cuda-extension (built just in time in ")
+    assert backend("cpu") == "pytorch"
+
+
+def test_dispatcher_compiles_without_graph_breaks_on_cpu():
+    inputs = random_inputs([(3, 5), (2, 2)], dtype=torch.float32)
+    compiled = torch.compile(ms_deform_attn, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*inputs), ms_deform_attn_torch(*inputs))
