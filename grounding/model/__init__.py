@@ -1,0 +1,5 @@
+"""Grounding DINO model: image encoder, text encoder, feature enhancer, query selection, decoder."""
+from grounding.model.grounding_dino import GroundingDINO, GroundingOutput
+from grounding.model.image_encoder import ImageFeatures
+
+__all__ = ["GroundingDINO", "GroundingOutput", "ImageFeatures"]

@@ -1,0 +1,136 @@
+"""Cross-modality decoder (official `TransformerDecoder` + `DeformableTransformerDecoderLayer`), the box MLP
+and the contrastive classification head.
+
+Per layer: self-attention -> norm2, text cross-attention -> catext_norm, deformable cross-attention on the
+encoder memory -> norm1, FFN -> norm3. The query position comes from the sine embedding of the current
+reference boxes (scaled by the valid ratios) through `ref_point_head`. Boxes are refined iteratively from
+the *un-normed* layer outputs with the shared `bbox_embed`; `decoder.norm` is applied only to the outputs
+handed to the heads.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grounding.model.encoder import MultiScaleDeformableAttention, sine_embedding
+
+INVERSE_SIGMOID_EPS = 1e-3  # official value (transformers uses 1e-5); see GroundingDINO docs for the evidence
+
+
+def inverse_sigmoid(x: Tensor, eps: float = INVERSE_SIGMOID_EPS) -> Tensor:
+    """log(x / (1 - x)) with both x and 1 - x clamped to at least eps (official definition)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (keys `layers.{i}`)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, outs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def contrastive_logits(queries: Tensor, text: Tensor, text_token_mask: Tensor, max_text_len: int) -> Tensor:
+    """Dot product of queries with text tokens, -inf for padded tokens and for columns T..max_text_len-1.
+
+    Args:
+        queries: [B, Q, d]; text: [B, T, d]; text_token_mask: [B, T] bool, True = real token.
+    Returns:
+        [B, Q, max_text_len]
+    """
+    logits = queries @ text.transpose(-1, -2)  # [B, Q, T]
+    logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
+    padded = logits.new_full((*logits.shape[:-1], max_text_len), float("-inf"))
+    padded[..., : logits.shape[-1]] = logits
+    return padded
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int,
+                 layer_norm_eps: float = 1e-5):
+        super().__init__()
+        self.cross_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.ca_text = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.catext_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def forward(
+        self,
+        tgt: Tensor,  # [B, Q, d]
+        query_pos: Tensor,  # [B, Q, d]
+        reference_points: Tensor,  # [B, Q, L, 4] scaled by valid ratios
+        memory: Tensor,  # [B, N, d]
+        memory_padding: Tensor,  # [B, N] bool, True = padding
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        text: Tensor,  # [B, T, d]
+        text_padding: Tensor,  # [B, T] bool, True = padding
+    ) -> Tensor:  # [B, Q, d]
+        query = tgt + query_pos
+        tgt = self.norm2(tgt + self.self_attn(query, query, tgt, need_weights=False)[0])
+        attended = self.ca_text(tgt + query_pos, text, text, key_padding_mask=text_padding, need_weights=False)[0]
+        tgt = self.catext_norm(tgt + attended)
+        attended = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
+                                   memory_padding)
+        tgt = self.norm1(tgt + attended)
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class Decoder(nn.Module):
+    """Keys: `layers.{i}`, `norm`, `ref_point_head`, `bbox_embed.{i}` (the shared box MLP, set by the owner)."""
+
+    def __init__(self, num_layers: int, d_model: int, ffn_dim: int, num_heads: int, num_levels: int,
+                 num_points: int, layer_norm_eps: float = 1e-5):
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(
+            DecoderLayer(d_model, ffn_dim, num_heads, num_levels, num_points, layer_norm_eps)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
+        self.bbox_embed: nn.ModuleList | None = None
+
+    def forward(
+        self,
+        tgt: Tensor,  # [B, Q, d] content queries
+        reference_points: Tensor,  # [B, Q, 4] sigmoid boxes cxcywh (detached)
+        memory: Tensor,  # [B, N, d]
+        memory_padding: Tensor,  # [B, N] bool, True = padding
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,  # [B, L, 2]
+        text: Tensor,  # [B, T, d]
+        text_padding: Tensor,  # [B, T] bool, True = padding
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Returns the normed output of every layer ([B, Q, d] each) and the reference boxes each layer
+        started from ([B, Q, 4] each: the input, then the refined boxes, undetached)."""
+        if self.bbox_embed is None:
+            raise RuntimeError("Decoder.bbox_embed must be set to the shared box MLPs before use")
+        ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # [B, 1, L, 4]
+        outputs, references = [], [reference_points]
+        for layer, box_head in zip(self.layers, self.bbox_embed):
+            scaled = reference_points[:, :, None] * ratios  # [B, Q, L, 4]
+            query_pos = self.ref_point_head(sine_embedding(scaled[:, :, 0], self.d_model // 2))  # [B, Q, d]
+            tgt = layer(tgt, query_pos, scaled, memory, memory_padding, spatial_shapes, level_start_index,
+                        text, text_padding)
+            refined = (box_head(tgt) + inverse_sigmoid(reference_points)).sigmoid()
+            # the next layer starts from detached boxes; the heads see the undetached ones (official)
+            reference_points = refined.detach()
+            references.append(refined)
+            outputs.append(self.norm(tgt))
+        return outputs, references[:-1]
