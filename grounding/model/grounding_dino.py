@@ -9,9 +9,9 @@ Module attribute names reproduce the official checkpoint keys (`backbone.0.*`, `
 `input_proj.*`, `transformer.*`, `bbox_embed.*`); the one box MLP appears as `bbox_embed.{i}` and as
 `transformer.decoder.bbox_embed.{i}` for every decoder layer, as in the official model.
 
-inverse_sigmoid: the official eps (1e-3) is used for the box refinement; transformers uses logit eps 1e-5.
-They differ only where a reference coordinate is below 1e-3 or above 1 - 1e-3
-(see bench/bench_detector_cpu.py and tests/model/test_transformer_parts.py for the measured effect).
+inverse_sigmoid uses transformers' eps 1e-5, not the official 1e-3: they differ only for degenerate
+reference boxes (a coordinate below 1e-3 or above 1 - 1e-3), and the parity tests' random weights produce
+such boxes (evidence in decoder.py).
 """
 from __future__ import annotations
 

@@ -225,21 +225,17 @@ def test_decoder_matches_transformers():
             spatial_shapes=shapes, spatial_shapes_list=SHAPES, level_start_index=starts, valid_ratios=ratios,
             return_dict=True,
         )
-    # the refined boxes stay inside (1e-3, 1 - 1e-3), where both inverse_sigmoid eps agree
-    all_refs = torch.stack(references[1:] + [ref.intermediate_reference_points[:, -1]])
-    assert all_refs.min() > 1e-3 and all_refs.max() < 1 - 1e-3
     for layer, output in enumerate(outputs):
         assert (output - ref.intermediate_hidden_states[:, layer]).abs().max() < TOL
     for layer, boxes_in in enumerate(references[1:]):
         assert (boxes_in - ref.intermediate_reference_points[:, layer]).abs().max() < TOL
 
 
-def test_inverse_sigmoid_eps():
-    """Official definition: log(max(x, 1e-3) / max(1 - x, 1e-3)); plain logit inside (1e-3, 1 - 1e-3)."""
-    x = torch.tensor([0.0, 1e-4, 0.3, 1 - 1e-4, 1.0], dtype=torch.float64)
-    expected = [math.log(1e-3), math.log(1e-3 / (1 - 1e-4)), math.log(0.3 / 0.7), math.log((1 - 1e-4) / 1e-3),
-                -math.log(1e-3)]
-    assert torch.allclose(inverse_sigmoid(x), torch.tensor(expected, dtype=torch.float64), atol=1e-9)
+def test_inverse_sigmoid_clamps_like_transformers():
+    x = torch.tensor([0.0, 1e-6, 0.3, 1 - 1e-6, 1.0], dtype=torch.float64)
+    expected = torch.tensor([math.log(1e-5 / (1 - 1e-5)), math.log(1e-5 / (1 - 1e-5)), math.log(0.3 / 0.7),
+                             math.log((1 - 1e-5) / 1e-5), math.log((1 - 1e-5) / 1e-5)], dtype=torch.float64)
+    assert torch.allclose(inverse_sigmoid(x), expected, atol=1e-9)
 
 
 def test_contrastive_logits_match_transformers():
