@@ -1,0 +1,135 @@
+"""Which pipelines the studio offers, and loading them once, on demand, from the command-line settings.
+
+A `PipelineRegistry` maps a display name (what the model dropdown shows) to a factory. Each pipeline is
+built at most once; a factory that fails (weights missing, checkpoint of the wrong shape) is retried on
+the next request, so a user who drops the weights in place does not have to restart the server.
+Tests inject their own factories; `registry_from_settings` builds the real ones.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from app.settings import StudioSettings
+from grounding.errors import GroundingError, WeightsUnavailableError
+from grounding.pipeline import GroundedSAM
+from grounding.cache import PipelineCaches
+from grounding.sam import SAM_VARIANTS, SamSegmenter
+
+PipelineFactory = Callable[[], GroundedSAM]
+
+
+class PipelineRegistry:
+    """Display name -> lazily built `GroundedSAM`; thread-safe, each built once."""
+
+    def __init__(self, factories: dict[str, PipelineFactory], sam_enabled: bool = True) -> None:
+        if not factories:
+            raise ValueError("the studio needs at least one pipeline factory")
+        self.factories = dict(factories)
+        self.sam_enabled = sam_enabled
+        self._pipelines: dict[str, GroundedSAM] = {}
+        self._errors: dict[str, str] = {}
+        self._locks = {name: threading.Lock() for name in factories}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.factories)
+
+    @property
+    def default_name(self) -> str:
+        return self.names[0]
+
+    def get(self, name: str | None) -> GroundedSAM:
+        """The pipeline called `name` (None: the default); raises the loader's GroundingError if it fails."""
+        name = name or self.default_name
+        if name not in self.factories:
+            raise WeightsUnavailableError(f"Unknown model {name!r}; choose one of {self.names}.")
+        with self._locks[name]:
+            if name not in self._pipelines:
+                try:
+                    self._pipelines[name] = self.factories[name]()
+                except GroundingError as error:
+                    self._errors[name] = str(error)
+                    raise
+                self._errors.pop(name, None)
+            return self._pipelines[name]
+
+    def load_all(self) -> dict[str, str]:
+        """Try every model now; returns {name: what to do} for those that could not be loaded."""
+        for name in self.names:
+            try:
+                self.get(name)
+            except GroundingError:
+                pass
+        return dict(self._errors)
+
+    def loaded(self) -> dict[str, GroundedSAM]:
+        return dict(self._pipelines)
+
+
+def display_name(detector: str) -> str:
+    """Dropdown label of a detector spec: a registry name as is, a path by its file or folder name."""
+    path = Path(detector)
+    return path.name if path.exists() else detector
+
+
+def resolve_sam(sam: str | None, sam_checkpoint: str | None) -> tuple[str | None, str | None]:
+    """(variant for `GroundedSAM.from_names`, checkpoint path) from the --sam / --sam-checkpoint flags.
+
+    --sam may be a variant name, "none", or a checkpoint file, whose variant is read from its image
+    encoder width (`image_encoder.patch_embed.proj.weight` is [width, 3, 16, 16]).
+    """
+    if sam is not None and sam.lower() == "none":
+        return None, None
+    if sam is None or sam in SAM_VARIANTS or sam == "auto":
+        return sam or "auto", sam_checkpoint
+    path = Path(sam).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"--sam {sam!r} is neither a SAM variant ({', '.join(SAM_VARIANTS)}) nor an existing checkpoint file."
+        )
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        width = int(state_dict["image_encoder.patch_embed.proj.weight"].shape[0])
+    except Exception as error:  # not a torch file, or not a SAM state dict
+        raise WeightsUnavailableError(f"{path} is not an official-format SAM checkpoint ({error}).") from error
+    variants = [name for name, variant in SAM_VARIANTS.items() if variant.encoder_embed_dim == width]
+    if not variants:
+        raise WeightsUnavailableError(f"{path} has an image encoder of width {width}, which no SAM variant has.")
+    return variants[0], str(path)
+
+
+def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
+    """One pipeline per --detector; they share one SAM, the device and one set of caches."""
+    from grounding.detector import GroundingDetector
+
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    caches = PipelineCaches()
+    segmenter_lock = threading.Lock()
+    segmenters: list[SamSegmenter | None] = []  # filled once, on the first successful load
+
+    def segmenter() -> SamSegmenter | None:
+        with segmenter_lock:
+            if not segmenters:
+                variant, checkpoint = resolve_sam(settings.sam, settings.sam_checkpoint)
+                segmenters.append(
+                    None if variant is None
+                    else SamSegmenter.from_pretrained(
+                        None if variant == "auto" else variant, checkpoint=checkpoint, device=device
+                    )
+                )
+            return segmenters[0]
+
+    def factory(spec: str) -> PipelineFactory:
+        def build() -> GroundedSAM:
+            detector = GroundingDetector.from_pretrained(spec, device=device)
+            return GroundedSAM(detector, segmenter(), caches=caches)
+
+        return build
+
+    return PipelineRegistry(
+        {display_name(spec): factory(spec) for spec in settings.detectors}, sam_enabled=settings.sam_enabled
+    )

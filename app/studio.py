@@ -1,0 +1,263 @@
+"""The studio's event functions: what runs when an image arrives, Run is pressed, a slider moves, or the
+export is asked for. UI-free apart from the error edge: every function turns the package's typed errors
+(`GroundingError`) into `gr.Error`, whose message the page shows in a toast and the API returns.
+
+Results are not kept between events. Each event gets the inputs (image file, prompt, thresholds) and the
+pipeline's content-keyed caches answer what was computed before, so a slider move is a re-filter of a
+cached raw result (no model runs) and every session sees exactly its own inputs' result.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from app.images import ImageLoader
+from app.models import PipelineRegistry
+from app.rendering import TABLE_HEADERS, legend_html, render, result_summary, table_rows, timings_markdown
+from grounding.cache import image_key
+from grounding.errors import GroundingError
+from grounding.export import annotate, write_bundle
+from grounding.images import LoadedImage
+from grounding.pipeline import GroundedResult, GroundedSAM
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+WHAT_TO_DO = (
+    "Pass local weights: `python app.py --detector /path/groundingdino_swint_ogc.pth --sam vit_b "
+    "--sam-checkpoint /path/sam_vit_b_01ec64.pth`, or allow downloads (unset `HF_HUB_OFFLINE` / "
+    "`GROUNDING_OFFLINE`) and restart. `python app.py --help` lists every option."
+)
+
+
+def user_errors(fn: F) -> F:
+    """Typed errors -> `gr.Error` with their message; anything else -> a short `gr.Error`, logged in full."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except GroundingError as error:
+            raise gr.Error(str(error), title=_error_title(error), print_exception=False) from error
+        except Exception as error:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(
+                f"Something went wrong inside the studio ({type(error).__name__}); the server log has the details.",
+                title="Internal error",
+                print_exception=False,
+            ) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _error_title(error: GroundingError) -> str:
+    titles = {
+        "InvalidImageError": "Image problem",
+        "InvalidPromptError": "Prompt problem",
+        "InvalidThresholdError": "Threshold problem",
+        "WeightsUnavailableError": "Model weights missing",
+        "CheckpointMismatchError": "Checkpoint problem",
+    }
+    return titles.get(type(error).__name__, "Error")
+
+
+class OutputFiles:
+    """Files handed to Gradio (annotated pictures, zips) in a private temp folder, at most `max_files`:
+    the oldest are deleted once Gradio has long since copied them into its own cache."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, max_files: int = 256) -> None:
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="grounded-sam-studio-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_files = max_files
+        self._files: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def new_path(self, suffix: str, stem: str = "") -> Path:
+        folder = self.directory / uuid.uuid4().hex[:16]
+        folder.mkdir()
+        path = folder / f"{stem or 'result'}{suffix}"
+        with self._lock:
+            self._files.append(path)
+            while len(self._files) > self.max_files:
+                old = self._files.popleft()
+                old.unlink(missing_ok=True)
+                old.parent.rmdir()
+        return path
+
+
+class Studio:
+    """Event functions over a `PipelineRegistry`. Thread-safe: Gradio calls them from its worker threads."""
+
+    def __init__(
+        self,
+        registry: PipelineRegistry,
+        images: ImageLoader | None = None,
+        outputs: OutputFiles | None = None,
+    ) -> None:
+        self.registry = registry
+        self.images = images or ImageLoader()
+        self.outputs = outputs or OutputFiles()
+
+    # ---- page status -------------------------------------------------------------------------------
+    def banner(self) -> str:
+        """Top-of-page notice (markdown): empty when every model loads, else what is missing and what to do."""
+        problems = self.registry.load_all()
+        if not problems:
+            return ""
+        lines = [f"- **{name}**: {message}" for name, message in problems.items()]
+        return (
+            "### ⚠️ Model weights are not available\n"
+            "The studio is running, but it cannot detect anything until the weights are found.\n\n"
+            + "\n".join(lines)
+            + f"\n\n**What to do:** {WHAT_TO_DO}"
+        )
+
+    # ---- events ------------------------------------------------------------------------------------
+    @user_errors
+    def encode(self, image: str | None, model: str | None, use_sam: bool) -> str:
+        """Decode and check a new image and run the image encoders (detector, and SAM when masks are on)
+        into the cache, so the first prompt on it only runs the text side. Returns a status line."""
+        start = time.perf_counter()
+        loaded = self.images(image)
+        pipeline = self.registry.get(model)
+        hits = warm_image_caches(pipeline, loaded, with_sam=use_sam and pipeline.segmenter is not None)
+        elapsed = time.perf_counter() - start
+        width, height = loaded.size
+        done = ", ".join(f"{name} {'(cached)' if hit else ''}".strip() for name, hit in hits.items())
+        notes = "".join(f"  \n↳ {note}" for note in loaded.notes)
+        return f"🖼 {width}×{height} · image encoded in {elapsed:.2f} s ({done}){notes}"
+
+    @user_errors
+    def segment(
+        self,
+        image: str | None,
+        prompt: str,
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float,
+        use_sam: bool,
+        model: str | None,
+    ) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
+        """The full request: (annotated picture path, legend HTML, table, JSON summary, timing line)."""
+        start = time.perf_counter()
+        pipeline = self.registry.get(model)
+        result, calls = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
+        tick = time.perf_counter()
+        picture_path = self._write_picture(render(self._pixels(image), result))
+        render_ms = (time.perf_counter() - tick) * 1000
+        timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
+        timings_ms["render"] = render_ms
+        timings_ms["server"] = (time.perf_counter() - start) * 1000
+        model_info = pipeline.describe()
+        summary = result_summary(
+            result,
+            {
+                "timings_ms": {name: round(ms, 2) for name, ms in timings_ms.items()},
+                "cache": result.cache,
+                "model_calls": calls,
+                "model": model_info,
+            },
+        )
+        table = {"headers": TABLE_HEADERS, "data": table_rows(result)}
+        return (
+            str(picture_path),
+            legend_html(result),
+            table,
+            summary,
+            timings_markdown(timings_ms, model_info, result.cache),
+        )
+
+    def refilter(
+        self,
+        image: str | None,
+        prompt: str,
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float,
+        use_sam: bool,
+        model: str | None,
+    ) -> tuple[Any, ...]:
+        """`segment` for slider moves: with no image or no prompt yet there is nothing to update (no error)."""
+        if not image or not (prompt or "").strip():
+            return tuple(gr.skip() for _ in range(5))
+        return self.segment(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+
+    @user_errors
+    def export(
+        self,
+        image: str | None,
+        prompt: str,
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float,
+        use_sam: bool,
+        model: str | None,
+    ) -> str:
+        """Zip of `masks/NNN_phrase.png`, `coco.json`, `detections.json` and `annotated.png`."""
+        pipeline = self.registry.get(model)
+        result, _ = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
+        stem = Path(image).stem if image else "image"
+        path = self.outputs.new_path(".zip", stem=f"{stem}_grounded_sam")
+        return str(write_bundle(result, path, image_name=f"{stem}.png", annotated=annotate(self._pixels(image), result)))
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _run(
+        self,
+        pipeline: GroundedSAM,
+        image: str | None,
+        prompt: str,
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float,
+        use_sam: bool,
+    ) -> tuple[GroundedResult, dict[str, int]]:
+        """The pipeline result and the model calls it made (delta of `pipeline.stats`; other sessions'
+        calls at the same moment may show up in it)."""
+        loaded = self.images(image)
+        before = pipeline.stats.snapshot()
+        run = pipeline.segment if use_sam else pipeline.detect
+        result = run(loaded, prompt, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou)
+        after = pipeline.stats.snapshot()
+        return result, {name: after[name] - before[name] for name in after}
+
+    def _pixels(self, image: str | None) -> np.ndarray:
+        return self.images(image).pixels
+
+    def _write_picture(self, pixels: np.ndarray) -> Path:
+        """JPEG, because it encodes ~15x faster than PNG and the slider path has a 50 ms budget."""
+        path = self.outputs.new_path(".jpg", stem="annotated")
+        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+        return path
+
+
+def warm_image_caches(pipeline: GroundedSAM, loaded: LoadedImage, with_sam: bool) -> dict[str, bool]:
+    """Run the image encoders of `pipeline` on `loaded` into its caches; {encoder: was already cached}.
+
+    Keys and counting are the pipeline's own (`_encode_for_detector` / `_encode_for_sam` count calls in
+    `pipeline.stats`), so a later `segment` on the same image finds these entries.
+    """
+    key = image_key(loaded.pixels)
+    hits = {}
+    _, hits["detector"] = pipeline.caches.image_features.get_or_create(
+        (pipeline.detector_id, key), lambda: pipeline._encode_for_detector(loaded)
+    )
+    if with_sam:
+        _, hits["SAM"] = pipeline.caches.sam_embeddings.get_or_create(
+            (pipeline.segmenter_id, key), lambda: pipeline._encode_for_sam(loaded)
+        )
+    return hits

@@ -1,0 +1,156 @@
+"""The page: layout, and which event runs which `Studio` function under which API name.
+
+Named API endpoints (all take the same inputs as the page, in this order, unless noted):
+  /status   ()                            -> markdown: empty when the models load, else what to do
+  /encode   (image, model, use_sam)       -> status line; runs the image encoders once per image
+  /segment  (image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+            -> (annotated image, legend HTML, detections table, JSON summary, timing line)
+  /refilter (same as /segment)            -> same as /segment; what slider moves call (served from the
+            caches, no model runs); does nothing while image or prompt is empty
+  /export   (same as /segment)            -> zip: masks/NNN_phrase.png, coco.json, detections.json, annotated.png
+"""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from app.components import ImageUpload, ThresholdSlider
+from app.examples import example_rows
+from app.gpu import on_gpu
+from app.models import PipelineRegistry
+from app.rendering import TABLE_HEADERS
+from app.settings import StudioSettings
+from app.studio import Studio
+from grounding.pipeline import SUGGESTED_NMS_IOU
+
+TITLE = "Grounded-SAM studio"
+INTRO = (
+    "Type what to find, separated by ` . ` (e.g. `cat . remote control`), add an image and press **Run**. "
+    "Grounding DINO finds boxes for the phrases, SAM turns them into masks. The sliders re-filter the cached "
+    "result at once, without running a model again."
+)
+CSS = """
+.gsam-legend { display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; font-size: 0.95em; }
+.gsam-chip { display: inline-flex; align-items: center; gap: 6px; padding: 2px 10px 2px 6px;
+             border-radius: 999px; border: 1px solid var(--chip); background: color-mix(in srgb, var(--chip) 14%, transparent); }
+.gsam-swatch { width: 12px; height: 12px; border-radius: 3px; background: var(--chip); }
+#weights-banner h3 { color: #b45309; }
+#timings { font-size: 0.9em; opacity: 0.85; }
+"""
+
+
+def on_spaces() -> bool:
+    """True inside a Hugging Face Space (which sets SYSTEM=spaces)."""
+    return os.environ.get("SYSTEM") == "spaces"
+
+
+def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.Blocks:
+    """The studio page over `registry` (tests pass registries of tiny models)."""
+    studio = studio or Studio(registry)
+    segment = on_gpu(studio.segment)
+    refilter = on_gpu(studio.refilter)
+    encode = on_gpu(studio.encode)
+    export = on_gpu(studio.export)
+
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        banner = gr.Markdown(label="Status", elem_id="weights-banner")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=320):
+                image = ImageUpload(
+                    label="Image", sources=["upload", "webcam", "clipboard"], height=400, elem_id="input-image"
+                )
+                image_info = gr.Markdown(label="Image info", elem_id="image-info")
+                prompt = gr.Textbox(
+                    label="What to find",
+                    placeholder="cat . remote control . person",
+                    info="Phrases separated by ' . '; long lists are split into 256-token chunks.",
+                    elem_id="prompt",
+                )
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary", elem_id="run")
+                    export_button = gr.Button("Export masks + COCO", elem_id="export")
+                with gr.Accordion("Thresholds and options", open=True):
+                    box_threshold = ThresholdSlider(
+                        minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold",
+                        info="keep a box when its best phrase score is above this", elem_id="box-threshold",
+                    )
+                    text_threshold = ThresholdSlider(
+                        minimum=0, maximum=1, value=0.25, step=0.01, label="Text threshold",
+                        info="words scoring above this form the box's label", elem_id="text-threshold",
+                    )
+                    nms_iou = ThresholdSlider(
+                        minimum=0, maximum=1, value=1.0, step=0.01, label="NMS IoU (1 = off)",
+                        info=f"drop overlapping boxes of any phrase above this overlap; try {SUGGESTED_NMS_IOU}",
+                        elem_id="nms-iou",
+                    )
+                    with gr.Row():
+                        use_sam = gr.Checkbox(
+                            value=registry.sam_enabled, interactive=registry.sam_enabled, label="Masks (SAM)",
+                            info=None if registry.sam_enabled else "started with --sam none",
+                        )
+                        model = gr.Dropdown(
+                            choices=registry.names, value=registry.default_name, label="Detector",
+                            visible=len(registry.names) > 1,
+                        )
+            with gr.Column(scale=6, min_width=320):
+                annotated = gr.Image(
+                    label="Result", type="filepath", format="jpeg", interactive=False, height=400,
+                    buttons=["download", "fullscreen"], elem_id="result-image",
+                )
+                legend = gr.HTML(label="Legend", elem_id="legend")
+                timings = gr.Markdown(label="Timings", elem_id="timings")
+                download = gr.File(label="Export (zip)", interactive=False, elem_id="download")
+        table = gr.Dataframe(
+            headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="detections",
+            datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
+        )
+        with gr.Accordion("Raw result (JSON)", open=False):
+            summary = gr.JSON(label="Summary", elem_id="summary")
+
+        inputs = [image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model]
+        outputs = [annotated, legend, table, summary, timings]
+        gr.Examples(
+            examples=example_rows(),
+            inputs=[image, prompt, box_threshold, text_threshold],
+            outputs=outputs,
+            fn=lambda image, prompt, box, text: studio.segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
+            cache_examples=on_spaces(),
+            cache_mode="lazy",
+            run_on_click=True,
+            label="Examples (drawn scenes; real weights needed for sensible boxes)",
+        )
+
+        demo.load(studio.banner, outputs=banner, api_name="status")
+        image.upload(
+            encode, [image, model, use_sam], image_info, api_name="encode", show_progress="minimal"
+        ).success(
+            refilter, inputs, outputs, api_name="refilter_after_upload", api_visibility="private",
+            show_progress="minimal",
+        )
+        gr.on(
+            [run.click, prompt.submit], segment, inputs, outputs, api_name="segment", show_progress="minimal",
+            concurrency_id="models",
+        )
+        gr.on(
+            [box_threshold.input, text_threshold.input, nms_iou.input, use_sam.input, model.input],
+            refilter, inputs, outputs, api_name="refilter", trigger_mode="always_last",
+            show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
+        )
+        export_button.click(export, inputs, download, api_name="export", concurrency_id="models")
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: StudioSettings, **kwargs) -> tuple:
+    """Queue (one model run at a time per device) and serve `demo` as `settings` say."""
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        share=settings.share,
+        max_file_size="50mb",
+        css=CSS,
+        footer_links=["api", "gradio"],
+        **kwargs,
+    )
