@@ -25,3 +25,30 @@ def tiny_segmenter(tiny_sam_checkpoint):
     from grounding.sam import SamSegmenter
 
     return SamSegmenter.from_pretrained("tiny", checkpoint=tiny_sam_checkpoint, device="cpu")
+
+
+# --- Grounding DINO (tests/fixtures/dino.py) ---
+@pytest.fixture(scope="session")
+def tiny_dino():
+    """Tiny GroundingDINO with all parameters random (seed 0), eval mode. Shared: do not modify."""
+    from tests.fixtures.dino import tiny_model
+
+    return tiny_model(seed=0)
+
+
+@pytest.fixture
+def tiny_official_pth(tmp_path):
+    """(path, model): the tiny random model written as an official .pth ({"model", "config"})."""
+    from tests.fixtures.dino import tiny_official_checkpoint
+
+    path = tmp_path / "groundingdino_tiny.pth"
+    return path, tiny_official_checkpoint(path)
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path):
+    """(directory, model): the tiny random model as an HF checkpoint (config.json + model.safetensors)."""
+    from tests.fixtures.dino import tiny_hf_checkpoint
+
+    directory = tmp_path / "grounding-dino-tiny-random"
+    return directory, tiny_hf_checkpoint(directory)
