@@ -1,0 +1,336 @@
+"""The one prepared GPU check: the CUDA deformable-attention op and the detector's GPU speed (< 6 min on H100).
+
+    python bench/gpu_check.py --json $OUT/gpu_check.json     # on a GPU machine, from the repo root
+    python bench/gpu_check.py --dry-run                      # CPU, tiny sizes: exercises the script itself
+
+Sections (each prints as it goes; a table at the end; exit code 1 if a check failed):
+1. build   JIT-build the op for the visible GPU (or load a prebuilt one); build seconds.
+2. op      forward vs the PyTorch path: fp32 max|diff| <= 1e-5; bf16 / fp16 value (fp32 locations and
+           weights, fp32 accumulation) vs the PyTorch path on the same rounded values: <= 1e-2 (bf16) and
+           <= 2e-3 (fp16), i.e. about one output rounding step for |out| < 4; backward vs autograd of the
+           PyTorch path (fp32, rel. 1e-4); gradcheck fp64 on a tiny case; torch.library.opcheck;
+           torch.compile(fullgraph=True) of the dispatcher.
+3. op time Swin-T scale at 800x1200 (4 levels, S = 19,947, M 8, D 32, P 4): Q = 900 (decoder) and Q = S
+           (encoder), fp32 and bf16, forward and forward+backward, op vs PyTorch path (CUDA events, median).
+4. model   swint_ogc with random weights (tests/fixtures/dino.py) at 800x1200: ours fp32, fp32+TF32,
+           bf16 autocast vs transformers' GroundingDinoForObjectDetection (same weights, fp32) in one run;
+           CUDA kernels per forward; ours-vs-transformers and bf16-vs-fp32 output differences and the
+           queries above the 0.35 box threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: grounding/ and tests/fixtures/
+
+from grounding.ops import backend, cuda_extension  # noqa: E402
+from grounding.ops.ms_deform_attn import backend_reason, ms_deform_attn  # noqa: E402
+from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch  # noqa: E402
+from grounding.precision import inference_precision  # noqa: E402
+
+BOX_THRESHOLD = 0.35
+LOW_PRECISION_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+CAPTION = "a cat . a remote control . the sofa ."
+
+
+@dataclass
+class Report:
+    """Everything measured; printed as a table and optionally written as JSON."""
+
+    device: str
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (section, item, value)
+    failures: list[str] = field(default_factory=list)
+    numbers: dict[str, float | str | bool] = field(default_factory=dict)
+
+    def add(self, section: str, item: str, value: float | str | bool, unit: str = "") -> None:
+        self.numbers[f"{section}/{item}"] = value
+        text = f"{value:.4g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+        self.rows.append((section, item, text))
+        print(f"  [{section}] {item}: {text}", flush=True)
+
+    def check(self, section: str, item: str, ok: bool, detail: str) -> None:
+        self.add(section, item, f"{'ok' if ok else 'FAIL'} ({detail})")
+        if not ok:
+            self.failures.append(f"{section}/{item}: {detail}")
+
+    def table(self) -> str:
+        width = max(len(f"{s} {i}") for s, i, _ in self.rows) + 2
+        lines = [f"GPU check on {self.device}", "-" * (width + 40)]
+        lines += [f"{f'{s} {i}':<{width}}{v}" for s, i, v in self.rows]
+        return "\n".join(lines)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+    """Median milliseconds per call (CUDA events on GPU, wall clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def deform_inputs(shapes, batch, queries, heads, channels, points, device, dtype=torch.float32, seed=0):
+    """Random op inputs: value [B, S, M, D], shapes [L, 2], starts [L], locations [B, Q, M, L, P, 2]
+    in [-0.1, 1.1], softmaxed weights [B, Q, M, L, P]."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    areas = spatial_shapes.prod(1)
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    levels = len(shapes)
+    value = torch.randn(batch, int(areas.sum()), heads, channels, generator=gen)
+    locations = torch.rand(batch, queries, heads, levels, points, 2, generator=gen) * 1.2 - 0.1
+    weights = torch.rand(batch, queries, heads, levels * points, generator=gen).softmax(-1)
+    weights = weights.view(batch, queries, heads, levels, points)
+    tensors = (value.to(dtype), spatial_shapes, starts, locations.to(dtype), weights.to(dtype))
+    return tuple(t.to(device) for t in tensors)
+
+
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Feature map sizes of strides 8, 16, 32 and the extra stride-64 level (ceil, as the convs give)."""
+    shapes = []
+    for stride in (8, 16, 32, 64):
+        shapes.append((-(-height // stride), -(-width // stride)))
+    return shapes
+
+
+def check_build(report: Report, device: torch.device) -> bool:
+    start = time.perf_counter()
+    available = backend(device) == "cuda-extension"
+    report.add("build", "backend", backend_reason(device))
+    report.add("build", "seconds (build or load)", time.perf_counter() - start, " s")
+    if device.type == "cuda" and not available:
+        report.failures.append("build: the CUDA op is unavailable on this GPU")
+    return available
+
+
+def check_op(report: Report, device: torch.device, available: bool) -> None:
+    if not available:
+        report.add("op", "correctness", "skipped (no compiled op)")
+        return
+    op = torch.ops.grounding_ops.ms_deform_attn
+    shapes = [(25, 38), (13, 19), (7, 10), (4, 5)]
+    value, ss, starts, loc, w = deform_inputs(shapes, 2, 300, 8, 32, 4, device)
+    reference = ms_deform_attn_torch(value, ss, starts, loc, w)
+    diff = (op(value, ss, starts, loc, w) - reference).abs().max().item()
+    report.check("op", "forward fp32 vs pytorch", diff <= 1e-5, f"max|diff| {diff:.2e} <= 1e-5")
+
+    for dtype, tolerance in LOW_PRECISION_TOLERANCE.items():
+        low = value.to(dtype)
+        expected = ms_deform_attn_torch(low.float(), ss, starts, loc, w)
+        diff = (op(low, ss, starts, loc, w).float() - expected).abs().max().item()
+        name = str(dtype).removeprefix("torch.")
+        report.check("op", f"forward {name} vs pytorch", diff <= tolerance, f"max|diff| {diff:.2e} <= {tolerance}")
+
+    leaves = [t.clone().requires_grad_() for t in (value, loc, w)]
+    ours = [t.clone().requires_grad_() for t in (value, loc, w)]
+    grad_out = torch.randn_like(reference)
+    ms_deform_attn_torch(leaves[0], ss, starts, leaves[1], leaves[2]).backward(grad_out)
+    op(ours[0], ss, starts, ours[1], ours[2]).backward(grad_out)
+    for name, a, b in zip(("value", "locations", "weights"), ours, leaves):
+        rel = ((a.grad - b.grad).norm() / b.grad.norm()).item()
+        report.check("op", f"grad {name} vs pytorch", rel <= 1e-4, f"rel. error {rel:.2e} <= 1e-4")
+
+    tiny = deform_inputs([(3, 4), (2, 2)], 1, 3, 2, 4, 2, device, dtype=torch.float64, seed=1)
+    tv, tss, tst, tloc, tw = tiny
+    args = (tv.requires_grad_(), tloc.requires_grad_(), tw.requires_grad_())
+    ok = torch.autograd.gradcheck(lambda v, l_, w_: op(v, tss, tst, l_, w_), args, raise_exception=False)
+    report.check("op", "gradcheck fp64", bool(ok), "torch.autograd.gradcheck")
+
+    try:
+        torch.library.opcheck(op.default, (value[:1, :], ss, starts, loc[:1, :20], w[:1, :20]))
+        report.check("op", "opcheck", True, "schema, fake, autograd registration")
+    except Exception as err:  # report, keep going
+        report.check("op", "opcheck", False, str(err).splitlines()[0])
+
+    compiled = torch.compile(ms_deform_attn, fullgraph=True)
+    diff = (compiled(value, ss, starts, loc, w) - reference).abs().max().item()
+    report.check("op", "torch.compile fullgraph", diff <= 1e-5, f"max|diff| {diff:.2e}")
+
+
+def time_op(report: Report, device: torch.device, available: bool, image_hw: tuple[int, int], iters: int) -> None:
+    shapes = level_shapes(*image_hw)
+    total = sum(h * w for h, w in shapes)
+    report.add("op time", "levels / S", f"{shapes} / {total}")
+    for label, queries in (("Q=900", 900), (f"Q=S={total}", total)):
+        for dtype in (torch.float32, torch.bfloat16):
+            value, ss, starts, loc, w = deform_inputs(shapes, 1, queries, 8, 32, 4, device)
+            value = value.to(dtype)
+            name = str(dtype).removeprefix("torch.")
+            candidates = {"pytorch": lambda v, *a: ms_deform_attn_torch(v.float(), *a).to(v.dtype)}
+            if available:
+                candidates["op"] = torch.ops.grounding_ops.ms_deform_attn
+            for impl, fn in candidates.items():
+                with torch.no_grad():
+                    ms = time_ms(lambda: fn(value, ss, starts, loc, w), device, iters)
+                report.add("op time", f"{label} {name} fwd {impl}", ms, " ms")
+                leaves = [value.clone().requires_grad_(), loc.clone().requires_grad_(), w.clone().requires_grad_()]
+
+                def forward_backward():
+                    out = fn(leaves[0], ss, starts, leaves[1], leaves[2])
+                    out.float().sum().backward()
+
+                ms = time_ms(forward_backward, device, max(3, iters // 2))
+                report.add("op time", f"{label} {name} fwd+bwd {impl}", ms, " ms")
+
+
+def caption_tokens(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from grounding.text import load_tokenizer
+
+    encoded = load_tokenizer()(CAPTION, return_tensors="pt")
+    return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+
+def count_kernels(fn: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def compare_outputs(report: Report, name: str, probs_a, boxes_a, probs_b, boxes_b) -> None:
+    """probs [Q, T], boxes [Q, 4] of two runs. Query order may differ (top-k selection on near-equal scores),
+    so the detections above BOX_THRESHOLD are matched by box: each of run b's boxes to the nearest of run a's
+    (mean |d cxcywh|); a match within 0.01 with max-prob within 0.05 counts as the same detection."""
+    report.add("model", f"{name} max|dprob| same query", (probs_a - probs_b).abs().max().item())
+    keep_a = probs_a.max(-1).values > BOX_THRESHOLD
+    keep_b = probs_b.max(-1).values > BOX_THRESHOLD
+    boxes_a, boxes_b = boxes_a[keep_a], boxes_b[keep_b]
+    score_a, score_b = probs_a.max(-1).values[keep_a], probs_b.max(-1).values[keep_b]
+    same = 0
+    if len(boxes_a) and len(boxes_b):
+        distance = (boxes_b[:, None] - boxes_a[None]).abs().mean(-1)  # [Nb, Na]
+        nearest = distance.min(1)
+        close_score = (score_b - score_a[nearest.indices]).abs() <= 0.05
+        same = int(((nearest.values <= 0.01) & close_score).sum())
+    report.add("model", f"{name} detections > {BOX_THRESHOLD}",
+               f"{len(boxes_a)} vs {len(boxes_b)}, {same} of the latter matched")
+
+
+def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], iters: int, tiny: bool) -> None:
+    from grounding.config import swint_ogc
+    from grounding.config import tiny as tiny_config
+    from tests.fixtures.dino import load_hf_reference, random_model
+
+    config = tiny_config() if tiny else swint_ogc()
+    model = random_model(config, seed=0)
+    with tempfile.TemporaryDirectory() as directory:
+        hf_model, _ = load_hf_reference(model, directory)
+    model, hf_model = model.to(device), hf_model.to(device)
+    input_ids, attention_mask = caption_tokens(device)
+    pixel_values = torch.randn(1, 3, *image_hw, generator=torch.Generator().manual_seed(0)).to(device)
+    pixel_mask = torch.ones(1, *image_hw, dtype=torch.bool, device=device)
+    report.add("model", "config / input", f"{'tiny' if tiny else 'swint_ogc'} / {image_hw[0]}x{image_hw[1]}, "
+               f"{input_ids.shape[1]} tokens")
+
+    def ours():
+        return model(input_ids, attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask)
+
+    def theirs():
+        return hf_model(pixel_values=pixel_values, pixel_mask=pixel_mask.long(), input_ids=input_ids,
+                        attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+
+    runs = {
+        "ours fp32": (ours, "fp32", False),
+        "ours fp32+tf32": (ours, "fp32", True),
+        "ours bf16": (ours, "bf16", True),
+        "transformers fp32": (theirs, "fp32", False),
+        "transformers bf16": (theirs, "bf16", True),
+    }
+    results = {}
+    for name, (fn, precision, tf32) in runs.items():
+        with inference_precision(device, precision):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                out = fn()
+                ms = time_ms(fn, device, iters, warmup=1 if device.type == "cpu" else 2)
+            except Exception as err:  # a failing variant must not hide the others
+                report.check("model", name, False, f"{type(err).__name__}: {str(err).splitlines()[0]}")
+                continue
+            report.add("model", f"{name} forward", ms, " ms")
+            if device.type == "cuda" and name in ("ours bf16", "transformers fp32"):
+                report.add("model", f"{name} CUDA kernels/forward", count_kernels(fn))
+        logits = out.pred_logits if hasattr(out, "pred_logits") else out.logits
+        boxes = out.pred_boxes
+        tokens = input_ids.shape[1]
+        results[name] = (logits[0, :, :tokens].float().sigmoid().cpu(), boxes[0].float().cpu(), ms)
+
+    if "ours fp32" in results and "transformers fp32" in results:
+        compare_outputs(report, "ours vs transformers fp32", *results["ours fp32"][:2],
+                        *results["transformers fp32"][:2])
+    if "ours fp32" in results and "ours bf16" in results:
+        compare_outputs(report, "ours bf16 vs fp32", *results["ours bf16"][:2], *results["ours fp32"][:2])
+    if "ours bf16" in results and "transformers fp32" in results:
+        speedup = results["transformers fp32"][2] / results["ours bf16"][2]
+        report.add("model", "speedup ours bf16 vs transformers fp32", speedup, "x")
+        if device.type == "cuda":
+            report.check("model", "target <= 20 ms bf16", results["ours bf16"][2] <= 20.0,
+                         f"{results['ours bf16'][2]:.1f} ms")
+            report.check("model", "target >= 4x transformers fp32", speedup >= 4.0, f"{speedup:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the script runs")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
+    parser.add_argument("--skip-model", action="store_true", help="only the op sections")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    report = Report(device=f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(report.device, flush=True)
+    image_hw = (96, 128) if args.dry_run else (800, 1200)
+    iters = 1 if args.dry_run else args.iters
+    start = time.perf_counter()
+
+    print("1. build", flush=True)
+    available = check_build(report, device)
+    print("2. op correctness", flush=True)
+    check_op(report, device, available)
+    print("3. op timing", flush=True)
+    time_op(report, device, available, image_hw, iters)
+    if not args.skip_model:
+        print("4. detector timing", flush=True)
+        time_model(report, device, image_hw, iters, tiny=args.dry_run)
+    report.add("total", "seconds", time.perf_counter() - start, " s")
+
+    print()
+    print(report.table())
+    if report.failures:
+        print("\nFAILED:\n  " + "\n  ".join(report.failures))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": report.device, "numbers": report.numbers,
+                                         "failures": report.failures}, indent=2))
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
