@@ -1,0 +1,177 @@
+"""The training loop: AdamW, linear warm-up + cosine decay, gradient clipping, periodic checkpoints, resume.
+
+Checkpoints use the official layout (`{"model": state_dict}` with the official keys) plus "config" (the
+model's `GroundingDINOConfig.to_dict()`), so they load wherever an official checkpoint does; training state
+("optimizer", "scheduler", "epoch", "step", "train_config") rides along for `--resume`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from grounding.config import PRESETS, GroundingDINOConfig
+from grounding.model import GroundingDINO
+from grounding.train.data import CocoGroundingDataset, GroundingBatch, collate
+from grounding.train.losses import GroundingCriterion
+
+LAST_CHECKPOINT = "checkpoint_last.pth"
+FINAL_WEIGHTS = "model.pth"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 1e-4
+    lr_backbone: float | None = None  # Swin + BERT; None = lr (from scratch). Fine-tuning: about lr / 10
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    clip_max_norm: float = 0.1
+    checkpoint_every: int = 200  # steps between checkpoint_last.pth writes (also written after every epoch)
+    log_every: int = 10  # steps between log.jsonl lines
+    seed: int = 0
+
+
+def build_model(init: str | Path) -> GroundingDINO:
+    """A preset name ("tiny", "swint_ogc", ...) gives a randomly initialised model; a path loads a checkpoint
+    written by this trainer ({"model", "config"})."""
+    if str(init) in PRESETS:
+        return GroundingDINO(PRESETS[str(init)]())
+    checkpoint = torch.load(Path(init), map_location="cpu", weights_only=False)
+    if "config" not in checkpoint:
+        raise ValueError(f"{init} has no 'config' entry; pass a preset name ({', '.join(PRESETS)}) or a checkpoint from this trainer")
+    model = GroundingDINO(GroundingDINOConfig.from_dict(checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def _is_backbone(name: str) -> bool:
+    return name.startswith(("backbone.", "bert."))
+
+
+class Trainer:
+    """Trains `model` on `dataset` with `GroundingCriterion`, writing checkpoints and log.jsonl to `out_dir`."""
+
+    def __init__(
+        self,
+        model: GroundingDINO,
+        dataset: CocoGroundingDataset,
+        out_dir: str | Path,
+        config: TrainConfig | None = None,
+        device: str | torch.device = "cpu",
+        criterion: nn.Module | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.criterion = criterion or GroundingCriterion()
+        lr_backbone = self.config.lr if self.config.lr_backbone is None else self.config.lr_backbone
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # shared modules listed once
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for n, p in named if not _is_backbone(n)], "lr": self.config.lr},
+                {"params": [p for n, p in named if _is_backbone(n)], "lr": lr_backbone},
+            ],
+            weight_decay=self.config.weight_decay,
+        )
+        self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0  # optimizer steps done
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.config.warmup_steps:
+            return (step + 1) / self.config.warmup_steps
+        progress = min(1.0, (step - self.config.warmup_steps) / max(1, self.total_steps - self.config.warmup_steps))
+        floor = self.config.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _batches(self, epoch: int, skip: int) -> Iterator[GroundingBatch]:
+        """The epoch's batches in a seeded order, skipping the first `skip` (resume mid-epoch)."""
+        self.dataset.set_epoch(epoch)
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+        size = self.config.batch_size
+        for start in range(skip * size, len(order), size):
+            yield collate([self.dataset[int(i)] for i in order[start : start + size]])
+
+    def train_step(self, batch: GroundingBatch) -> dict[str, float]:
+        """One optimizer step; returns the step's losses as floats."""
+        self.model.train()
+        batch = batch.to(self.device)
+        outputs = self.model(
+            batch.input_ids, batch.attention_mask, pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask
+        )
+        losses = self.criterion(outputs, batch.targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if self.config.clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def fit(self, progress: bool = True) -> dict[str, float]:
+        """Train until `config.epochs` are done (continuing from `self.step` after `resume`). Returns the last
+        step's losses and writes `model.pth` (weights + config only)."""
+        torch.manual_seed(self.config.seed + self.step)
+        random.seed(self.config.seed + self.step)
+        np.random.seed(self.config.seed + self.step)
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        with (self.out_dir / "log.jsonl").open("a") as log:
+            while self.step < self.total_steps:
+                epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+                for batch in self._batches(epoch, done_in_epoch):
+                    last = self.train_step(batch)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    if self.step % self.config.log_every == 0:
+                        log.write(json.dumps({"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0], **last}) + "\n")
+                        log.flush()
+                    if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+                        self.save(self.out_dir / LAST_CHECKPOINT)
+                self.save(self.out_dir / LAST_CHECKPOINT)
+        bar.close()
+        self.save(self.out_dir / FINAL_WEIGHTS, with_training_state=False)
+        return last
+
+    def save(self, path: str | Path, with_training_state: bool = True) -> None:
+        """Write {"model", "config"} (+ optimizer, scheduler, step, train_config) atomically to `path`."""
+        checkpoint: dict[str, Any] = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": self.model.config.to_dict(),
+        }
+        if with_training_state:
+            checkpoint.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                step=self.step,
+                epoch=self.step // self.steps_per_epoch,
+                train_config=asdict(self.config),
+            )
+        path = Path(path)
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        torch.save(checkpoint, temporary)
+        temporary.replace(path)
+
+    def resume(self, path: str | Path) -> None:
+        """Restore weights, optimizer, scheduler and step from a checkpoint written by `save`."""
+        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.step = int(checkpoint["step"])

@@ -1,0 +1,135 @@
+"""Training loop on the tiny model: the loss falls, checkpoints load back, resume continues, eval scores AP."""
+import json
+
+import pytest
+import torch
+
+from grounding.config import GroundingDINOConfig, tiny
+from grounding.model import GroundingDINO
+from grounding.text import load_tokenizer
+from grounding.train.__main__ import main as train_main
+from grounding.train.data import CocoGroundingDataset, ImageSizes, collate
+from grounding.train.eval import evaluate
+from grounding.train.eval import main as eval_main
+from grounding.train.shapes import ShapesConfig, generate_dataset
+from grounding.train.trainer import TrainConfig, Trainer, build_model
+
+SIZE = 96
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models train several times faster on one thread when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes_train")
+    annotation_file = generate_dataset(out, num_images=4, seed=0, config=ShapesConfig(image_size=(SIZE, SIZE)))
+    return annotation_file, out / "images"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def test_loss_decreases_over_30_steps(shapes, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((SIZE,), SIZE))
+    trainer = Trainer(build_model("tiny"), dataset, tmp_path, TrainConfig(batch_size=2, epochs=15, warmup_steps=1))
+    batch = collate([dataset[0], dataset[1]])
+    losses = [trainer.train_step(batch) for _ in range(30)]
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+    first, last = losses[0], losses[-1]
+    assert sum(s["loss"] for s in losses[-3:]) < 0.5 * sum(s["loss"] for s in losses[:3])
+    assert last["loss_cls"] < first["loss_cls"] and last["loss_giou"] < first["loss_giou"]
+    assert {"loss_cls_0", "loss_bbox_0", "loss_giou_0", "loss_cls_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(last)
+
+
+def _train_args(shapes, out, epochs):
+    return [
+        "--data", str(shapes[0]), "--images", str(shapes[1]), "--init", "tiny", "--out", str(out),
+        "--epochs", str(epochs), "--batch-size", "2", "--short-sides", str(SIZE), "--max-long-side", str(SIZE),
+        "--warmup-steps", "1", "--checkpoint-every", "1", "--log-every", "1", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+
+
+def test_cli_checkpoint_loads_back_and_resume_continues(shapes, tmp_path, capsys):
+    train_main(_train_args(shapes, tmp_path, epochs=1))
+    weights = torch.load(tmp_path / "model.pth", weights_only=False)
+    assert set(weights) == {"model", "config"}
+    assert GroundingDINOConfig.from_dict(weights["config"]) == tiny()
+    reference = GroundingDINO(tiny())
+    assert set(weights["model"]) == set(reference.state_dict())  # the official key layout
+
+    model = build_model(tmp_path / "model.pth")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights["model"][name]), name
+    last = torch.load(tmp_path / "checkpoint_last.pth", weights_only=False)
+    assert last["step"] == 2 and last["epoch"] == 1
+
+    train_main(_train_args(shapes, tmp_path, epochs=2) + ["--resume"])
+    assert "resumed from" in capsys.readouterr().out
+    resumed = torch.load(tmp_path / "checkpoint_last.pth", weights_only=False)
+    assert resumed["step"] == 4
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # continued at step 3, nothing repeated
+    assert not torch.equal(resumed["model"]["feat_map.weight"], weights["model"]["feat_map.weight"])
+
+
+class _OracleModel(torch.nn.Module):
+    """Answers every image with its ground-truth boxes on the right phrase (to check the AP plumbing)."""
+
+    def __init__(self, dataset: CocoGroundingDataset):
+        super().__init__()
+        self.config = tiny()
+        self.dataset = dataset
+        self.image_index = -1
+
+    def encode_image(self, pixel_values):
+        self.image_index += 1
+        return pixel_values
+
+    def forward(self, input_ids, attention_mask, image_features):
+        info = self.dataset.images[self.image_index]
+        annotations = self.dataset.annotations[info["id"]]
+        batch, length = input_ids.shape
+        queries = len(annotations) + 1  # one spare query that answers nothing
+        logits = torch.full((batch, queries, 256), -10.0)
+        logits[:, :, length:] = float("-inf")
+        logits[:, :, :length].masked_fill_(~attention_mask.bool()[:, None, :], float("-inf"))
+        boxes = torch.full((batch, queries, 4), 0.5)
+        for q, annotation in enumerate(annotations):
+            x, y, w, h = annotation["bbox"]
+            width, height = info["width"], info["height"]
+            boxes[:, q] = torch.tensor([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
+            phrase = self.dataset.tokenizer(self.dataset.categories[annotation["category_id"]], add_special_tokens=False)["input_ids"]
+            for row, ids in enumerate(input_ids.tolist()):
+                for start in range(1, length - len(phrase)):
+                    end = start + len(phrase)
+                    if ids[start:end] == phrase and ids[start - 1] in (101, 1012) and ids[end] == 1012:
+                        logits[row, q, start:end] = 5.0
+        return type("Output", (), {"pred_logits": logits, "pred_boxes": boxes})
+
+
+@pytest.mark.parametrize("prompt_mode", ["all", "single"])
+def test_eval_gives_ap_one_for_ground_truth_answers(shapes, tokenizer, prompt_mode):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((SIZE,), SIZE), train=False)
+    result = evaluate(_OracleModel(dataset), dataset, prompt_mode=prompt_mode, progress=False)
+    assert result.map50 == pytest.approx(1.0) and result.map50_95 == pytest.approx(1.0)
+    if prompt_mode == "single":
+        assert result.absent_without_box == pytest.approx(1.0)
+
+
+def test_eval_cli_prints_ap_of_a_trained_checkpoint(shapes, tmp_path, capsys):
+    train_main(_train_args(shapes, tmp_path, epochs=1))
+    capsys.readouterr()
+    eval_main(["--data", str(shapes[0]), "--images", str(shapes[1]), "--checkpoint", str(tmp_path / "model.pth"),
+               "--short-side", str(SIZE), "--device", "cpu", "--json"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_images"] == 4 and 0.0 <= result["map50"] <= 1.0 and result["prompt_mode"] == "all"
