@@ -1,0 +1,381 @@
+"""Grounding DINO weights: find them (local path, env var, Hugging Face hub), read them, load them strictly.
+
+Formats, all read into our `GroundingDINO` (whose `state_dict()` uses the official key names):
+- official `.pth` (`groundingdino_swint_ogc.pth`, `groundingdino_swinb_cogcoor.pth`): `{"model": state_dict}`,
+  keys optionally prefixed by "module."; Swin-T vs Swin-B is read from the patch-embedding width;
+- ours: the official layout plus `"config": GroundingDINOConfig.to_dict()`, so any size (tiny test models,
+  trained models) loads through the same path (`save_checkpoint`);
+- Hugging Face (`IDEA-Research/grounding-dino-tiny` / `-base`): a folder with `config.json` and
+  `model.safetensors`, keys mapped by `grounding.keymap.hf_to_official` (`save_hf_checkpoint` writes it).
+
+Loading is strict: a key the model lacks or a model key the file lacks raises CheckpointMismatchError naming
+them; only `GroundingDINO.IGNORED_CHECKPOINT_KEYS` (buffers the model recomputes) are skipped.
+Files are read with `torch.load(weights_only=True)`; nothing in them is executed.
+
+Where weights come from (`resolve_checkpoint`): an existing local path given as the name; else the file named by
+the env var GROUNDING_DINO_CHECKPOINT; else the hub (`hf_hub_download`: HF cache, progress bars, HF_HUB_OFFLINE
+honoured). When the hub cannot deliver, WeightsUnavailableError says how to pass a local file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grounding.config import GroundingDINOConfig, SwinConfig, TextEncoderConfig, swinb_cogcoor, swint_ogc
+from grounding.errors import CheckpointMismatchError, WeightsUnavailableError
+from grounding.keymap import hf_config, hf_to_official, official_to_hf
+from grounding.model import GroundingDINO
+
+CHECKPOINT_ENV = "GROUNDING_DINO_CHECKPOINT"
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Where a named model lives on the Hugging Face hub."""
+
+    repo_id: str
+    filenames: tuple[str, ...]  # one .pth, or config.json + model.safetensors
+    config: Callable[[], GroundingDINOConfig]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"https://huggingface.co/{self.repo_id}/resolve/main/{name}" for name in self.filenames]
+
+
+KNOWN_WEIGHTS: dict[str, HubWeights] = {
+    "swint_ogc": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swint_ogc.pth",), swint_ogc),
+    "swinb_cogcoor": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swinb_cogcoor.pth",), swinb_cogcoor),
+    "IDEA-Research/grounding-dino-tiny": HubWeights(
+        "IDEA-Research/grounding-dino-tiny", (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swint_ogc
+    ),
+    "IDEA-Research/grounding-dino-base": HubWeights(
+        "IDEA-Research/grounding-dino-base", (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swinb_cogcoor
+    ),
+}
+
+# Swin patch-embedding width -> official preset (the two released backbones differ in it).
+_PRESET_BY_EMBED_DIM = {96: swint_ogc, 128: swinb_cogcoor}
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded (empty `missing`/`unexpected` after a successful load)."""
+
+    source: str
+    format: str  # "official" | "ours" | "hf"
+    config_origin: str  # where the architecture came from
+    loaded: int = 0  # tensors copied into the model
+    ignored: list[str] = field(default_factory=list)  # recomputed buffers present in the file
+    missing: list[str] = field(default_factory=list)  # model keys the file lacks
+    unexpected: list[str] = field(default_factory=list)  # file keys the model lacks
+    mismatched: list[str] = field(default_factory=list)  # "key: file shape vs model shape"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source} ({self.format}, architecture from {self.config_origin}): {self.loaded} tensors loaded,"
+                 f" {len(self.ignored)} ignored"]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
+                lines.append(f"  {len(keys)} {title}: {shown}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: state dict in official key layout + the architecture it was made for."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: GroundingDINOConfig
+    format: str
+    config_origin: str
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str | os.PathLike, config: GroundingDINOConfig | None = None) -> Checkpoint:
+    """Read a .pth (official or ours), a .safetensors file or an HF folder into the official key layout.
+
+    `config` overrides the architecture stored in / inferred from the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / HF_WEIGHTS_FILE).is_file():
+            return _read_hf(path / HF_WEIGHTS_FILE, config)
+        candidates = sorted(path.glob("*.pth"))
+        if len(candidates) == 1:
+            return read_checkpoint(candidates[0], config)
+        raise WeightsUnavailableError(
+            f"{path} holds neither {HF_WEIGHTS_FILE} (+ {HF_CONFIG_FILE}) nor exactly one .pth file"
+        )
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_hf(path, config)
+    return _read_pth(path, config)
+
+
+def _read_pth(path: Path, config: GroundingDINOConfig | None) -> Checkpoint:
+    try:
+        # The official files were written by a training script; some carry its argparse.Namespace.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise CheckpointMismatchError(
+            f"{path} is not a readable PyTorch checkpoint of tensors ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(data, dict):
+        raise CheckpointMismatchError(f"{path} holds a {type(data).__name__}, expected a dict with a 'model' key")
+    state_dict = data.get("model", data)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointMismatchError(f"{path}: 'model' is not a state dict of tensors")
+    state_dict = {key.removeprefix("module."): tensor for key, tensor in state_dict.items()}
+    stored = data.get("config")
+    if config is not None:
+        origin = "argument"
+    elif isinstance(stored, dict):
+        config, origin = GroundingDINOConfig.from_dict(stored), "checkpoint config"
+    else:
+        config, origin = infer_config(state_dict, path.name), "tensor shapes"
+    return Checkpoint(state_dict, config, "ours" if isinstance(stored, dict) else "official", origin, str(path))
+
+
+def _read_hf(weights: Path, config: GroundingDINOConfig | None) -> Checkpoint:
+    try:
+        raw = load_file(weights)
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise CheckpointMismatchError(f"{weights} is not a readable safetensors file ({error})") from error
+    try:
+        state_dict = hf_to_official(raw)
+    except ValueError as error:
+        raise CheckpointMismatchError(f"{weights}: {error}") from error
+    config_file = weights.parent / HF_CONFIG_FILE
+    if config is not None:
+        origin = "argument"
+    elif config_file.is_file():
+        config, origin = config_from_hf(json.loads(config_file.read_text())), str(config_file)
+    else:
+        config, origin = infer_config(state_dict, weights.parent.name), "tensor shapes"
+    return Checkpoint(state_dict, config, "hf", origin, str(weights))
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], name: str = "") -> GroundingDINOConfig:
+    """Official preset from the tensors: Swin patch embedding width 96 -> Swin-T OGC, 128 -> Swin-B."""
+    weight = state_dict.get("backbone.0.patch_embed.proj.weight")
+    embed_dim = None if weight is None else int(weight.shape[0])
+    if embed_dim not in _PRESET_BY_EMBED_DIM:
+        raise CheckpointMismatchError(
+            f"cannot tell the architecture of {name or 'this checkpoint'}: it has no 'config' and its Swin patch "
+            f"embedding width is {embed_dim} (official checkpoints: 96 = Swin-T, 128 = Swin-B). "
+            "Save it with grounding.checkpoint.save_checkpoint, which stores the config."
+        )
+    return _PRESET_BY_EMBED_DIM[embed_dim]()
+
+
+def config_from_hf(data: dict) -> GroundingDINOConfig:
+    """transformers GroundingDinoConfig (config.json contents) -> our config (inverse of `keymap.hf_config`)."""
+    from transformers import GroundingDinoConfig
+
+    hf = GroundingDinoConfig.from_dict(data)
+    swin, text = hf.backbone_config, hf.text_config
+    return GroundingDINOConfig(
+        swin=SwinConfig(
+            embed_dim=swin.embed_dim,
+            depths=tuple(swin.depths),
+            num_heads=tuple(swin.num_heads),
+            window_size=swin.window_size,
+            patch_size=swin.patch_size,
+            mlp_ratio=swin.mlp_ratio,
+            out_indices=tuple(i - 1 for i in swin.out_indices),  # HF counts the stem as stage 0
+        ),
+        text=TextEncoderConfig(
+            vocab_size=text.vocab_size,
+            hidden_size=text.hidden_size,
+            num_hidden_layers=text.num_hidden_layers,
+            num_attention_heads=text.num_attention_heads,
+            intermediate_size=text.intermediate_size,
+            max_position_embeddings=text.max_position_embeddings,
+            type_vocab_size=text.type_vocab_size,
+            layer_norm_eps=text.layer_norm_eps,
+            pad_token_id=text.pad_token_id,
+        ),
+        d_model=hf.d_model,
+        num_queries=hf.num_queries,
+        encoder_layers=hf.encoder_layers,
+        decoder_layers=hf.decoder_layers,
+        num_heads=hf.encoder_attention_heads,
+        encoder_ffn_dim=hf.encoder_ffn_dim,
+        decoder_ffn_dim=hf.decoder_ffn_dim,
+        # transformers ties the text enhancer and fusion sizes to the encoder's (see keymap.hf_config).
+        text_enhancer_ffn_dim=hf.encoder_ffn_dim // 2,
+        text_enhancer_heads=hf.encoder_attention_heads // 2,
+        fusion_dim=hf.encoder_ffn_dim // 2,
+        fusion_heads=hf.encoder_attention_heads // 2,
+        num_feature_levels=hf.num_feature_levels,
+        encoder_n_points=hf.encoder_n_points,
+        decoder_n_points=hf.decoder_n_points,
+        max_text_len=hf.max_text_len,
+        image_pos_temperature=float(hf.positional_embedding_temperature),
+        layer_norm_eps=hf.layer_norm_eps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_state_dict_strict(model: GroundingDINO, state_dict: dict[str, torch.Tensor], report: LoadReport) -> LoadReport:
+    """Copy `state_dict` (official keys) into `model`; CheckpointMismatchError unless every key matches."""
+    ignored = [re.compile(pattern) for pattern in model.IGNORED_CHECKPOINT_KEYS]
+
+    def is_ignored(key: str) -> bool:
+        return any(pattern.search(key) for pattern in ignored)
+
+    expected = {key: value for key, value in model.state_dict().items() if not is_ignored(key)}
+    report.ignored = sorted(key for key in state_dict if is_ignored(key))
+    given = {key: value for key, value in state_dict.items() if not is_ignored(key)}
+    report.missing = sorted(set(expected) - set(given))
+    report.unexpected = sorted(set(given) - set(expected))
+    report.mismatched = sorted(
+        f"{key}: {tuple(given[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in set(given) & set(expected)
+        if given[key].shape != expected[key].shape
+    )
+    if not report.ok:
+        raise CheckpointMismatchError(f"checkpoint does not fit the model:\n{report}")
+    model.load_state_dict(given, strict=False)
+    report.loaded = len(given)
+    return report
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    config: GroundingDINOConfig | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[GroundingDINO, LoadReport]:
+    """A known name, hub repo or local path -> (GroundingDINO in eval mode on `device`, LoadReport)."""
+    path = resolve_checkpoint(name_or_path, download=download, cache_dir=cache_dir)
+    checkpoint = read_checkpoint(path, config)
+    model = GroundingDINO(checkpoint.config)
+    report = LoadReport(source=checkpoint.source, format=checkpoint.format, config_origin=checkpoint.config_origin)
+    load_state_dict_strict(model, checkpoint.state_dict, report)
+    return model.to(device or "cpu").eval(), report
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(model: GroundingDINO, path: str | os.PathLike) -> Path:
+    """Official layout (`{"model": state_dict}`) plus `"config"`: readable by the official code and by us."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+    torch.save({"model": state_dict, "config": model.config.to_dict()}, path)
+    return path
+
+
+_SHARED_BOX_HEAD_ALIAS = re.compile(r"^(bbox_embed\.[1-9]\d*|model\.decoder\.bbox_embed\.\d+)\.")
+
+
+def save_hf_checkpoint(model: GroundingDINO, directory: str | os.PathLike) -> Path:
+    """transformers layout: `config.json` + `model.safetensors`, loadable by
+    `GroundingDinoForObjectDetection.from_pretrained(directory)` and by `load_model(directory)`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_state = official_to_hf(model.state_dict())
+    # Like save_pretrained: the shared decoder box head is written once, as bbox_embed.0 (safetensors
+    # refuses tensors that share memory, so every tensor is also made its own copy).
+    tensors = {
+        key: tensor.detach().cpu().contiguous().clone()
+        for key, tensor in hf_state.items()
+        if not _SHARED_BOX_HEAD_ALIAS.match(key)
+    }
+    save_file(tensors, directory / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+    hf = hf_config(model.config)
+    hf.architectures = ["GroundingDinoForObjectDetection"]
+    hf.to_json_file(str(directory / HF_CONFIG_FILE))
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- locating
+
+
+def _how_to_pass_local(names: tuple[str, ...] | list[str], urls: list[str] | None = None) -> str:
+    target = names[-1] if names else "groundingdino_swint_ogc.pth"
+    where = f" ({', '.join(urls)})" if urls else ""
+    return (
+        f"Download the weights{where} on a machine with internet access and pass the local file: "
+        f"GroundingDetector.from_pretrained('/path/to/{target}') (a .pth file, a .safetensors file or a folder "
+        f"with config.json + model.safetensors), or set {CHECKPOINT_ENV}=/path/to/{target}."
+    )
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Local file/folder for `name_or_path`.
+
+    Order: an existing local path; the file named by $GROUNDING_DINO_CHECKPOINT; a known name
+    (`KNOWN_WEIGHTS`) or any "owner/repo" with HF files, fetched with `hf_hub_download` (cached).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    override = os.environ.get(CHECKPOINT_ENV)
+    if override:
+        override_path = Path(override).expanduser()
+        if not override_path.exists():
+            raise WeightsUnavailableError(f"{CHECKPOINT_ENV}={override} does not exist. Point it to a checkpoint file.")
+        return override_path
+    name = str(name_or_path)
+    hub = KNOWN_WEIGHTS.get(name)
+    if hub is None and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) and not name.endswith((".pth", ".safetensors")):
+        hub = HubWeights(name, (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swint_ogc)
+    if hub is None:
+        raise WeightsUnavailableError(
+            f"no checkpoint file or known model named {name!r}. Known names: {', '.join(KNOWN_WEIGHTS)}. "
+            + _how_to_pass_local(["groundingdino_swint_ogc.pth"])
+        )
+    if not download:
+        raise WeightsUnavailableError(
+            f"{name} is not available locally and downloading is off. " + _how_to_pass_local(hub.filenames, hub.urls)
+        )
+    return download_weights(hub, cache_dir)
+
+
+def download_weights(hub: HubWeights, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Fetch `hub`'s files through the HF cache (progress bars, resumable); the .pth file or the HF folder."""
+    from huggingface_hub import constants, hf_hub_download
+
+    paths = []
+    for filename in hub.filenames:
+        try:
+            paths.append(Path(hf_hub_download(hub.repo_id, filename, cache_dir=cache_dir, etag_timeout=10)))
+        except Exception as error:  # offline mode, no network, 404, auth: all mean "not here"
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            offline = constants.HF_HUB_OFFLINE
+            raise WeightsUnavailableError(
+                f"could not get {filename} from the Hugging Face hub repo {hub.repo_id}"
+                f"{' (HF_HUB_OFFLINE is set and it is not in the cache)' if offline else ''}: {reason}. "
+                + _how_to_pass_local(hub.filenames, hub.urls)
+            ) from error
+    return paths[0] if len(paths) == 1 else paths[-1].parent
