@@ -3,8 +3,9 @@
     python -m grounding.train --data ann.json --images DIR --init tiny --out runs/x [--epochs 12 --lr 1e-4
         --batch-size 4 --device cpu --resume]
 
---init takes a preset name (random weights: tiny, swint_ogc, swinb_cogcoor) or a checkpoint written by this
-trainer. --resume continues from OUT/checkpoint_last.pth (or the given path).
+--init takes a checkpoint (a local .pth / .safetensors / HF folder, or a released name such as swint_ogc,
+fetched like the studio does) or random weights of a preset: "tiny" or "scratch:<preset>".
+--resume continues from OUT/checkpoint_last.pth (or the given path).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m grounding.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="COCO detection JSON")
     parser.add_argument("--images", required=True, help="folder holding the JSON's file_name entries")
-    parser.add_argument("--init", required=True, help=f"preset ({', '.join(PRESETS)}) or checkpoint path")
+    parser.add_argument("--init", required=True, help=f"checkpoint path or name, or random weights: tiny / scratch:<{'|'.join(PRESETS)}>")
     parser.add_argument("--out", required=True, help="output folder for checkpoints and log.jsonl")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from grounding.config import PRESETS, GroundingDINOConfig
+from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint
+from grounding.config import PRESETS
 from grounding.model import GroundingDINO
 from grounding.train.data import CocoGroundingDataset, GroundingBatch, collate
 from grounding.train.losses import GroundingCriterion
@@ -42,16 +43,24 @@ class TrainConfig:
     seed: int = 0
 
 
+SCRATCH_PREFIX = "scratch:"
+
+
 def build_model(init: str | Path) -> GroundingDINO:
-    """A preset name ("tiny", "swint_ogc", ...) gives a randomly initialised model; a path loads a checkpoint
-    written by this trainer ({"model", "config"})."""
-    if str(init) in PRESETS:
-        return GroundingDINO(PRESETS[str(init)]())
-    checkpoint = torch.load(Path(init), map_location="cpu", weights_only=False)
-    if "config" not in checkpoint:
-        raise ValueError(f"{init} has no 'config' entry; pass a preset name ({', '.join(PRESETS)}) or a checkpoint from this trainer")
-    model = GroundingDINO(GroundingDINOConfig.from_dict(checkpoint["config"]))
-    model.load_state_dict(checkpoint["model"])
+    """The model training starts from.
+
+    "scratch:<preset>" (e.g. "scratch:swint_ogc") or a preset that names no released weights ("tiny") gives
+    random weights of that config; anything else is loaded by `grounding.checkpoint.load_model`: a local .pth
+    (official, or ours with "config") / .safetensors / HF folder, or a known name ("swint_ogc",
+    "IDEA-Research/grounding-dino-tiny", ...) fetched from the hub.
+    """
+    name = str(init)
+    preset = name.removeprefix(SCRATCH_PREFIX)
+    if name.startswith(SCRATCH_PREFIX) or (name in PRESETS and name not in KNOWN_WEIGHTS and not Path(name).exists()):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        return GroundingDINO(PRESETS[preset]())
+    model, _ = load_model(init)
     return model
 
 
@@ -146,23 +155,20 @@ class Trainer:
                         self.save(self.out_dir / LAST_CHECKPOINT)
                 self.save(self.out_dir / LAST_CHECKPOINT)
         bar.close()
-        self.save(self.out_dir / FINAL_WEIGHTS, with_training_state=False)
+        save_checkpoint(self.model, self.out_dir / FINAL_WEIGHTS)
         return last
 
-    def save(self, path: str | Path, with_training_state: bool = True) -> None:
-        """Write {"model", "config"} (+ optimizer, scheduler, step, train_config) atomically to `path`."""
+    def save(self, path: str | Path) -> None:
+        """Write {"model", "config", "optimizer", "scheduler", "step", "epoch", "train_config"} atomically."""
         checkpoint: dict[str, Any] = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "config": self.model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "train_config": asdict(self.config),
         }
-        if with_training_state:
-            checkpoint.update(
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                step=self.step,
-                epoch=self.step // self.steps_per_epoch,
-                train_config=asdict(self.config),
-            )
         path = Path(path)
         temporary = path.with_suffix(path.suffix + ".tmp")
         torch.save(checkpoint, temporary)
@@ -170,7 +176,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Restore weights, optimizer, scheduler and step from a checkpoint written by `save`."""
-        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
+        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])

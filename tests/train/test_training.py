@@ -3,9 +3,12 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
+from grounding.checkpoint import load_model
 from grounding.config import GroundingDINOConfig, tiny
 from grounding.model import GroundingDINO
+from grounding.pipeline import GroundedSAM
 from grounding.text import load_tokenizer
 from grounding.train.__main__ import main as train_main
 from grounding.train.data import CocoGroundingDataset, ImageSizes, collate
@@ -61,7 +64,7 @@ def _train_args(shapes, out, epochs):
 
 def test_cli_checkpoint_loads_back_and_resume_continues(shapes, tmp_path, capsys):
     train_main(_train_args(shapes, tmp_path, epochs=1))
-    weights = torch.load(tmp_path / "model.pth", weights_only=False)
+    weights = torch.load(tmp_path / "model.pth", weights_only=True)
     assert set(weights) == {"model", "config"}
     assert GroundingDINOConfig.from_dict(weights["config"]) == tiny()
     reference = GroundingDINO(tiny())
@@ -70,12 +73,12 @@ def test_cli_checkpoint_loads_back_and_resume_continues(shapes, tmp_path, capsys
     model = build_model(tmp_path / "model.pth")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, weights["model"][name]), name
-    last = torch.load(tmp_path / "checkpoint_last.pth", weights_only=False)
+    last = torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)
     assert last["step"] == 2 and last["epoch"] == 1
 
     train_main(_train_args(shapes, tmp_path, epochs=2) + ["--resume"])
     assert "resumed from" in capsys.readouterr().out
-    resumed = torch.load(tmp_path / "checkpoint_last.pth", weights_only=False)
+    resumed = torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)
     assert resumed["step"] == 4
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # continued at step 3, nothing repeated
@@ -115,6 +118,19 @@ class _OracleModel(torch.nn.Module):
                     if ids[start:end] == phrase and ids[start - 1] in (101, 1012) and ids[end] == 1012:
                         logits[row, q, start:end] = 5.0
         return type("Output", (), {"pred_logits": logits, "pred_boxes": boxes})
+
+
+def test_trained_checkpoint_loads_strictly_and_runs_in_the_pipeline(shapes, tmp_path):
+    train_main(_train_args(shapes, tmp_path, epochs=1))
+    for checkpoint in ("model.pth", "checkpoint_last.pth"):  # training state rides along without harm
+        model, report = load_model(tmp_path / checkpoint)
+        assert report.ok and report.config_origin == "checkpoint config" and model.config == tiny()
+    pipeline = GroundedSAM.from_names(detector=str(tmp_path / "model.pth"), sam=None, device="cpu")
+    image = Image.open(shapes[1] / "000000.png")
+    result = pipeline.detect(image, "red circle . blue star .", box_threshold=0.0, text_threshold=0.0)
+    assert result.image_size == image.size
+    assert len(result.boxes) > 0 and set(result.phrases) <= {"red circle", "blue star", "red", "circle", "blue", "star"}
+    assert (result.boxes[:, 2] <= image.size[0]).all() and (result.boxes[:, 3] <= image.size[1]).all()
 
 
 @pytest.mark.parametrize("prompt_mode", ["all", "single"])
