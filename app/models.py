@@ -125,8 +125,19 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
 
     def factory(spec: str) -> PipelineFactory:
         def build() -> GroundedSAM:
-            detector = GroundingDetector.from_pretrained(spec, device=device)
-            return GroundedSAM(detector, segmenter(), caches=caches)
+            # Try both models, so the page names everything that is missing at once.
+            problems, detector, sam = [], None, None
+            try:
+                detector = GroundingDetector.from_pretrained(spec, device=device)
+            except GroundingError as error:
+                problems.append(f"Grounding DINO ({spec}): {error}")
+            try:
+                sam = segmenter()
+            except GroundingError as error:
+                problems.append(f"SAM: {error} (or start with `--sam none` for boxes only)")
+            if problems:
+                raise WeightsUnavailableError(" | ".join(problems))
+            return GroundedSAM(detector, sam, caches=caches)
 
         return build
 

@@ -20,6 +20,7 @@ class StudioSettings:
     detectors: tuple[str, ...] = ("swint_ogc",)  # names or checkpoint paths; >1 gives a model dropdown
     sam: str | None = None  # "vit_b" | "vit_l" | "vit_h" | a checkpoint path | "none"; None: by device
     sam_checkpoint: str | None = None  # local SAM weights for the chosen variant
+    max_prompt_tokens: int = 1024  # longer prompts are refused with a message (batch CLI has no limit)
 
     @property
     def sam_enabled(self) -> bool:
@@ -49,6 +50,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
                              "(env GROUNDING_SAM; default vit_h on GPU, vit_b on CPU)")
     parser.add_argument("--sam-checkpoint", default=env.get("SAM_CHECKPOINT") or None,
                         help="local SAM weights file for the variant (env SAM_CHECKPOINT)")
+    parser.add_argument("--max-prompt-tokens", type=int,
+                        default=int(env.get("GROUNDING_MAX_PROMPT_TOKENS", "1024")),
+                        help="longest prompt the studio runs, in BERT tokens; each 256 is one more model pass "
+                             "(env GROUNDING_MAX_PROMPT_TOKENS)")
     args = parser.parse_args(argv)
     detector_specs = args.detector or [env.get("GROUNDING_DETECTOR") or "swint_ogc"]
     detectors = tuple(name.strip() for spec in detector_specs for name in spec.split(",") if name.strip())
@@ -62,6 +67,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
         detectors=detectors,
         sam=args.sam,
         sam_checkpoint=args.sam_checkpoint,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
 
 

@@ -28,12 +28,14 @@ from app.images import ImageLoader
 from app.models import PipelineRegistry
 from app.rendering import TABLE_HEADERS, legend_html, render, result_summary, table_rows, timings_markdown
 from grounding.cache import image_key
-from grounding.errors import GroundingError
+from grounding.errors import GroundingError, InvalidPromptError
 from grounding.export import annotate, write_bundle
 from grounding.images import LoadedImage
 from grounding.pipeline import GroundedResult, GroundedSAM
+from grounding.text import MAX_TOKENS, normalize_caption
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_PROMPT_TOKENS = 1024  # 4 passes of the 256-token text window
 F = TypeVar("F", bound=Callable[..., Any])
 
 WHAT_TO_DO = (
@@ -108,10 +110,12 @@ class Studio:
         registry: PipelineRegistry,
         images: ImageLoader | None = None,
         outputs: OutputFiles | None = None,
+        max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     ) -> None:
         self.registry = registry
         self.images = images or ImageLoader()
         self.outputs = outputs or OutputFiles()
+        self.max_prompt_tokens = max_prompt_tokens
 
     # ---- page status -------------------------------------------------------------------------------
     def banner(self) -> str:
@@ -229,11 +233,27 @@ class Studio:
         """The pipeline result and the model calls it made (delta of `pipeline.stats`; other sessions'
         calls at the same moment may show up in it)."""
         loaded = self.images(image)
+        self._check_prompt_size(pipeline, prompt)
         before = pipeline.stats.snapshot()
         run = pipeline.segment if use_sam else pipeline.detect
         result = run(loaded, prompt, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou)
         after = pipeline.stats.snapshot()
         return result, {name: after[name] - before[name] for name in after}
+
+    def _check_prompt_size(self, pipeline: GroundedSAM, prompt: str) -> None:
+        """Refuse prompts over the studio's token budget before any model runs (each 256 tokens is one
+        more text + transformer pass; on a CPU a 2,000-token prompt would hold the queue for minutes)."""
+        tokenizer = getattr(pipeline.detector, "tokenizer", None)
+        if tokenizer is None or not isinstance(prompt, str) or 2 * len(prompt) + 2 <= self.max_prompt_tokens:
+            return  # no tokenizer to ask, or too short to reach the budget (a token is at least one character)
+        count = len(tokenizer(normalize_caption(prompt))["input_ids"])
+        if count > self.max_prompt_tokens:
+            raise InvalidPromptError(
+                f"The prompt is {count} tokens long; the studio runs at most {self.max_prompt_tokens} tokens "
+                f"({-(-self.max_prompt_tokens // MAX_TOKENS)} model passes of {MAX_TOKENS}) per request to stay "
+                f"interactive. Shorten it, start the studio with --max-prompt-tokens {count}, or run long class "
+                f"lists with the batch CLI (python -m grounding.batch)."
+            )
 
     def _pixels(self, image: str | None) -> np.ndarray:
         return self.images(image).pixels
