@@ -41,7 +41,7 @@ from grounding.images import ImageLimits, LoadedImage, load_image
 from grounding.postprocess import check_threshold
 from grounding.results import Detections
 from grounding.sam import SamMasks, SamSegmenter
-from grounding.text import normalize_caption, split_phrases
+from grounding.text import normalize_caption, split_phrases, tokenize_caption
 
 # NMS is off by default, as in the official demos (Grounding DINO rarely returns one object twice under
 # the same phrase). 0.5 is the value to offer when a prompt names one thing twice ("dog . puppy ."):
@@ -282,6 +282,9 @@ class GroundedSAM:
         self, loaded: LoadedImage, key: str, caption: str, timings: dict[str, float], cache_hits: dict[str, bool]
     ) -> Any:
         """Level-2 miss: the detector's text stage on the (cached) image encoding."""
+        tokenizer = getattr(self.detector, "tokenizer", None)
+        if tokenizer is not None:  # prompt errors (too long a phrase, too many chunks) before any model runs
+            tokenize_caption(caption, tokenizer)
         tick = time.perf_counter()
         encoding, cache_hits["image_features"] = self.caches.image_features.get_or_create(
             (self.detector_id, key), lambda: self._encode_for_detector(loaded)
