@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-absent", type=int, default=CaptionSampling.max_absent)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, help="checkpoint (default OUT/checkpoint_last.pth)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--time-limit", type=float, default=None, help="stop (resumable) after this many minutes")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 is "
                         "fastest for small models on a busy machine")
     parser.add_argument("--no-progress", action="store_true")
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=args.warmup_steps,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        num_workers=args.num_workers,
         seed=args.seed,
     )
     trainer = Trainer(model, dataset, args.out, config, device=args.device)
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         resume_path = Path(args.out) / LAST_CHECKPOINT if args.resume == "auto" else Path(args.resume)
         trainer.resume(resume_path)
         print(f"resumed from {resume_path} at step {trainer.step}/{trainer.total_steps}")
-    losses = trainer.fit(progress=not args.no_progress)
+    time_limit_s = args.time_limit * 60 if args.time_limit is not None else None
+    losses = trainer.fit(progress=not args.no_progress, time_limit_s=time_limit_s)
     print(f"done: step {trainer.step}, last loss {losses.get('loss', float('nan')):.4f}, weights {Path(args.out) / 'model.pth'}")
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint
@@ -40,6 +42,7 @@ class TrainConfig:
     clip_max_norm: float = 0.1
     checkpoint_every: int = 200  # steps between checkpoint_last.pth writes (also written after every epoch)
     log_every: int = 10  # steps between log.jsonl lines
+    num_workers: int = 0  # DataLoader worker processes
     seed: int = 0
 
 
@@ -108,13 +111,13 @@ class Trainer:
         floor = self.config.min_lr_ratio
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def _batches(self, epoch: int, skip: int) -> Iterator[GroundingBatch]:
+    def _batches(self, epoch: int, skip: int) -> Iterable[GroundingBatch]:
         """The epoch's batches in a seeded order, skipping the first `skip` (resume mid-epoch)."""
         self.dataset.set_epoch(epoch)
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
         size = self.config.batch_size
-        for start in range(skip * size, len(order), size):
-            yield collate([self.dataset[int(i)] for i in order[start : start + size]])
+        batches = [order[start : start + size].tolist() for start in range(skip * size, len(order), size)]
+        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.config.num_workers)
 
     def train_step(self, batch: GroundingBatch) -> dict[str, float]:
         """One optimizer step; returns the step's losses as floats."""
@@ -133,16 +136,19 @@ class Trainer:
         self.step += 1
         return {name: float(value.detach()) for name, value in losses.items()}
 
-    def fit(self, progress: bool = True) -> dict[str, float]:
-        """Train until `config.epochs` are done (continuing from `self.step` after `resume`). Returns the last
-        step's losses and writes `model.pth` (weights + config only)."""
+    def fit(self, progress: bool = True, time_limit_s: float | None = None) -> dict[str, float]:
+        """Train until `config.epochs` are done (continuing from `self.step` after `resume`), or until
+        the step during which `time_limit_s` seconds pass (then `resume` can finish the run). Returns the last step's losses
+        and writes `model.pth` (weights + config only, `grounding.checkpoint.save_checkpoint`)."""
+        deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
         torch.manual_seed(self.config.seed + self.step)
         random.seed(self.config.seed + self.step)
         np.random.seed(self.config.seed + self.step)
         last: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train", unit="step")
         with (self.out_dir / "log.jsonl").open("a") as log:
-            while self.step < self.total_steps:
+            out_of_time = False
+            while self.step < self.total_steps and not out_of_time:
                 epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
                 for batch in self._batches(epoch, done_in_epoch):
                     last = self.train_step(batch)
@@ -153,6 +159,9 @@ class Trainer:
                         log.flush()
                     if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                         self.save(self.out_dir / LAST_CHECKPOINT)
+                    out_of_time = time.monotonic() >= deadline
+                    if out_of_time:
+                        break
                 self.save(self.out_dir / LAST_CHECKPOINT)
         bar.close()
         save_checkpoint(self.model, self.out_dir / FINAL_WEIGHTS)

@@ -87,3 +87,15 @@ def test_criterion_box_losses_normalised_by_number_of_boxes_and_backpropagate():
     assert losses["loss_giou"].item() == pytest.approx((2 / 3) / 2, abs=1e-6)
     losses["loss"].backward()
     assert boxes.grad.abs().sum() > 0 and logits.grad.abs().sum() > 0
+
+
+def test_criterion_without_targets_pushes_every_token_down():
+    logits = torch.tensor([[[1.0, -1.0, NEG_INF]]], requires_grad=True)
+    outputs = {"pred_logits": logits, "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]), "aux_outputs": [], "enc_outputs": {}}
+    targets = [{"boxes": torch.zeros(0, 4), "positive_map": torch.zeros(0, 3, dtype=torch.bool)}]
+    losses = GroundingCriterion()(outputs, targets)
+    p = 1 / (1 + math.exp(-1.0))
+    assert losses["loss_cls"].item() == pytest.approx(_focal(p, False) + _focal(1 - p, False), rel=1e-5)
+    assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0
+    losses["loss"].backward()
+    assert (logits.grad[0, 0, :2] > 0).all()

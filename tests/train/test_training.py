@@ -149,3 +149,15 @@ def test_eval_cli_prints_ap_of_a_trained_checkpoint(shapes, tmp_path, capsys):
                "--short-side", str(SIZE), "--device", "cpu", "--json"])  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["num_images"] == 4 and 0.0 <= result["map50"] <= 1.0 and result["prompt_mode"] == "all"
+
+
+def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((SIZE,), SIZE))
+    config = TrainConfig(batch_size=2, epochs=2, warmup_steps=1, num_workers=1)
+    trainer = Trainer(build_model("tiny"), dataset, tmp_path, config)
+    trainer.fit(progress=False, time_limit_s=0.0)
+    assert trainer.step == 1 and (tmp_path / "model.pth").is_file()
+    resumed = Trainer(build_model("tiny"), dataset, tmp_path, config)
+    resumed.resume(tmp_path / "checkpoint_last.pth")
+    resumed.fit(progress=False)
+    assert resumed.step == 4
