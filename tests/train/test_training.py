@@ -12,6 +12,7 @@ from grounding.pipeline import GroundedSAM
 from grounding.text import load_tokenizer
 from grounding.train.__main__ import main as train_main
 from grounding.train.data import CocoGroundingDataset, ImageSizes, collate
+from grounding.train.demo_model import DemoRecipe, run
 from grounding.train.eval import evaluate
 from grounding.train.eval import main as eval_main
 from grounding.train.shapes import ShapesConfig, generate_dataset
@@ -161,3 +162,14 @@ def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path)
     resumed.resume(tmp_path / "checkpoint_last.pth")
     resumed.fit(progress=False)
     assert resumed.step == 4
+
+
+def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
+    recipe = DemoRecipe(image_size=64, train_images=4, heldout_images=2, epochs=1, batch_size=2, warmup_steps=1)
+    summary = run(tmp_path, recipe, minutes=None, device="cpu", progress=False)
+    assert summary["steps"] == summary["total_steps"] == 2
+    assert summary["heldout"]["num_images"] == 2 and 0 <= summary["heldout"]["absent_without_box"] <= 1
+    assert json.loads((tmp_path / "results.json").read_text()) == summary
+    train = json.loads((tmp_path / "data/train/annotations.json").read_text())
+    heldout = json.loads((tmp_path / "data/heldout/annotations.json").read_text())
+    assert train["info"]["seed"] != heldout["info"]["seed"]
