@@ -159,7 +159,9 @@ def check_op(report: Report, device: torch.device, available: bool) -> None:
     report.check("op", "gradcheck fp64", bool(ok), "torch.autograd.gradcheck")
 
     try:
-        torch.library.opcheck(op.default, (value[:1, :], ss, starts, loc[:1, :20], w[:1, :20]))
+        sample = (value[:1].clone().requires_grad_(), ss, starts, loc[:1, :20].clone().requires_grad_(),
+                  w[:1, :20].clone().requires_grad_())
+        torch.library.opcheck(op.default, sample)
         report.check("op", "opcheck", True, "schema, fake, autograd registration")
     except Exception as err:  # report, keep going
         report.check("op", "opcheck", False, str(err).splitlines()[0])

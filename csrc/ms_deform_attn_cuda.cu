@@ -76,7 +76,7 @@ __global__ void ms_deform_attn_forward_kernel(
     const int64_t* __restrict__ level_start_index,  // [L]
     const acc_t* __restrict__ sampling_locations,   // [B, Q, M, L, P, 2]
     const acc_t* __restrict__ attention_weights,    // [B, Q, M, L, P]
-    scalar_t* __restrict__ output,                  // [B, Q, M, D]
+    scalar_t* __restrict__ output,                  // [B, Q, M * D]
     Sizes n) {
   const int64_t total = n.batch * n.queries * n.heads * n.channels;
   const int64_t pixel_stride = n.heads * n.channels;

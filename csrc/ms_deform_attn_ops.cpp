@@ -7,7 +7,9 @@
 // (grounding/ops/cuda_extension.py) so torch.compile can trace the op.
 #include "ms_deform_attn.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -63,11 +65,12 @@ at::Tensor ms_deform_attn_forward(
   const at::Tensor value_c = value.contiguous();
   const at::Tensor locations_c = sampling_locations.to(acc).contiguous();
   const at::Tensor weights_c = attention_weights.to(acc).contiguous();
-  at::Tensor output = at::empty({value.size(0), sampling_locations.size(1), value.size(2), value.size(3)},
-                                value.options());  // [B, Q, M, D]
+  // [B, Q, M * D]: the same memory layout as [B, Q, M, D], which the kernel indexes
+  at::Tensor output = at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)},
+                                value.options());
   launch_ms_deform_attn_forward(value_c, spatial_shapes.contiguous(), level_start_index.contiguous(),
                                 locations_c, weights_c, output);
-  return output.view({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)});
+  return output;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(

@@ -4,6 +4,7 @@ Without a GPU driver the library may still load (it only needs the CUDA runtime)
 its fake kernels and its autograd wiring are checked on meta tensors. If loading fails, the error must be
 the clear `ExtensionUnavailable` and the dispatcher must fall back (tests/ops/test_dispatch.py).
 """
+import resource
 import time
 
 import pytest
@@ -13,7 +14,9 @@ from grounding.ops import cuda_extension
 from tests.ops.reference import random_inputs
 
 ARCH_FLAGS = ("-gencode=arch=compute_90,code=sm_90",)  # one arch (H100/H200) keeps the CI build short
-MAX_BUILD_SECONDS = 240
+# CPU seconds of the compiler processes (robust to a busy machine): 240 s is about 2 min of wall time on
+# 2 idle cores. Measured here: ~50 s (nvcc ~28 s, g++ ~22 s).
+MAX_BUILD_CPU_SECONDS = 240
 
 
 def _toolchain_missing() -> str | None:
@@ -33,23 +36,28 @@ pytestmark = pytest.mark.skipif(_toolchain_missing() is not None, reason=str(_to
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(library path, seconds, load error or None) of a clean build in a fresh directory."""
+    """(library path, compiler CPU seconds, load error or None) of a clean build in a fresh directory."""
     build_dir = tmp_path_factory.mktemp("ms_deform_attn_build")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     error = None
     try:
         cuda_extension.build_extension(build_dir, cuda_arch_flags=ARCH_FLAGS)
     except cuda_extension.ExtensionUnavailable as err:
         error = err
-    seconds = time.perf_counter() - start
-    print(f"\nCUDA op clean build (sm_90, {build_dir}): {seconds:.1f} s")
-    return build_dir / f"{cuda_extension.EXTENSION_NAME}.so", seconds, error
+    cpu_seconds = _children_cpu_seconds() - cpu_start
+    print(f"\nCUDA op clean build (sm_90): {time.perf_counter() - start:.1f} s wall, {cpu_seconds:.1f} s compiler CPU")
+    return build_dir / f"{cuda_extension.EXTENSION_NAME}.so", cpu_seconds, error
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def test_extension_compiles_in_time(built):
-    library, seconds, error = built
+    library, cpu_seconds, error = built
     assert library.is_file(), f"no library was built: {error}"
-    assert seconds < MAX_BUILD_SECONDS
+    assert cpu_seconds < MAX_BUILD_CPU_SECONDS
     if error is not None:  # built but not loadable here: the error must say so plainly
         assert str(error).startswith("building the CUDA op in"), error
 
