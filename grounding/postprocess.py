@@ -41,22 +41,25 @@ def boxes_to_pixels(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.T
     return (xyxy * scale).clamp(min=torch.zeros_like(scale), max=scale)
 
 
-def phrase_label(token_probs: torch.Tensor, tokens: TokenizedCaption, text_threshold: float) -> str:
-    """Label of one query from its token probabilities [T].
+def phrase_labels(probs: torch.Tensor, tokens: TokenizedCaption, text_threshold: float) -> list[str]:
+    """Labels of N queries from their token probabilities [N, T].
 
-    The phrase is the one holding the best phrase token ([CLS], "." and [SEP] do not vote). Its words with a
-    token above `text_threshold` make the label, in prompt order; with none above, the whole phrase.
+    A query's phrase is the one holding its best phrase token ([CLS], "." and [SEP] do not vote). The words of
+    that phrase with a token above `text_threshold` make the label, in prompt order; with none, the whole phrase.
     """
-    token_phrase = torch.as_tensor(tokens.token_phrase)  # [T]
-    phrase_probs = token_probs.masked_fill(token_phrase < 0, -1.0)
-    phrase_index = int(token_phrase[int(phrase_probs.argmax())])
-    start, end = tokens.phrase_spans[phrase_index]
-    passing = (token_probs[start:end] > text_threshold).nonzero().flatten().tolist()
-    words = tokens.phrase_words[phrase_index]
-    chosen = sorted({tokens.token_word[start + offset] for offset in passing})
-    if not chosen:
-        return tokens.phrases[phrase_index]
-    return " ".join(words[index] for index in chosen)
+    token_phrase = torch.as_tensor(tokens.token_phrase)  # [T], -1 for separators
+    best_token = probs.masked_fill(token_phrase < 0, -1.0).argmax(dim=-1)  # [N]
+    best_phrase = token_phrase[best_token]  # [N]
+    selected = (probs > text_threshold) & (token_phrase[None, :] == best_phrase[:, None])  # [N, T]
+    rows, columns = selected.nonzero(as_tuple=True)
+    words_of_row: list[set[int]] = [set() for _ in range(probs.shape[0])]
+    for row, column in zip(rows.tolist(), columns.tolist()):
+        words_of_row[row].add(tokens.token_word[column])
+    labels = []
+    for phrase_index, words in zip(best_phrase.tolist(), words_of_row):
+        phrase_words = tokens.phrase_words[phrase_index]
+        labels.append(" ".join(phrase_words[i] for i in sorted(words)) if words else tokens.phrases[phrase_index])
+    return labels
 
 
 def detections_from_probs(
@@ -80,7 +83,7 @@ def detections_from_probs(
     if keep.numel() == 0:
         return Detections.empty()
     pixel_boxes = boxes_to_pixels(boxes.float().cpu()[keep], image_size)
-    phrases = [phrase_label(probs[index], tokens, text_threshold) for index in keep.tolist()]
+    phrases = phrase_labels(probs[keep], tokens, text_threshold)
     return Detections(
         boxes=pixel_boxes.numpy().astype(np.float32),
         scores=scores[keep].numpy().astype(np.float32),

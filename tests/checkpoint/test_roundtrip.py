@@ -99,9 +99,14 @@ def test_hub_config_json_with_only_non_default_fields():
     """Old transformers wrote config.json as a diff to the defaults (IDEA-Research/grounding-dino-tiny is
     the default architecture); missing fields take transformers' defaults."""
     assert config_from_hf({"model_type": "grounding-dino"}) == swint_ogc()
-    base = {
-        "model_type": "grounding-dino",
-        "backbone_config": {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2],
-                            "num_heads": [4, 8, 16, 32], "window_size": 12, "out_indices": [2, 3, 4]},
+    legacy = {  # fields transformers 4.40 wrote and 5.x no longer has
+        "model_type": "grounding-dino", "transformers_version": "4.40.0.dev0", "backbone": None,
+        "backbone_kwargs": None, "use_timm_backbone": False, "use_pretrained_backbone": False,
+        "torch_dtype": "float32", "text_config": {"model_type": "bert"},
+        "backbone_config": {"model_type": "swin", "out_features": ["stage2", "stage3", "stage4"],
+                            "out_indices": [2, 3, 4]},
     }
-    assert config_from_hf(base) == swinb_cogcoor()
+    assert config_from_hf(legacy) == swint_ogc()
+    legacy["backbone_config"].update(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12,
+                                     image_size=384)
+    assert config_from_hf(legacy) == swinb_cogcoor()
