@@ -162,7 +162,8 @@ def official_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _hf_file_key(key: str) -> str:
+def hf_module_to_file_key(key: str) -> str:
+    """transformers-5 module name -> HF file name (identity for keys outside the Swin backbone)."""
     for pattern, replacement in _HF_MODULE_TO_FILE:
         key = pattern.sub(replacement, key)
     return key
@@ -175,7 +176,7 @@ def hf_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for key, tensor in state_dict.items():
         if _HF_IGNORED.match(key):
             continue
-        key = _hf_file_key(key)
+        key = hf_module_to_file_key(key)
         for _, hf_re, official, _ in _FUSED_PATTERNS:
             match = hf_re.match(key)
             if match:
