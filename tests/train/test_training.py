@@ -165,7 +165,7 @@ def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path)
 
 
 def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
-    recipe = DemoRecipe(image_size=64, train_images=4, heldout_images=2, epochs=1, batch_size=2, warmup_steps=1)
+    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, epochs=1, batch_size=2, warmup_steps=1)
     summary = run(tmp_path, recipe, minutes=None, device="cpu", progress=False)
     assert summary["steps"] == summary["total_steps"] == 2
     assert summary["heldout"]["num_images"] == 2 and 0 <= summary["heldout"]["absent_without_box"] <= 1
