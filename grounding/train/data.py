@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import normalize, pil_to_tensor
 
-from grounding.text import tokenize_caption
+from grounding.text import split_phrases, tokenize_caption
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,6 +84,14 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask
 
 
+def category_phrase(name: str) -> str:
+    """A category name as the caption phrase the tokenizer will see ("traffic_light" -> "traffic light")."""
+    phrases = split_phrases([name.replace("_", " ")])
+    if not phrases:
+        raise ValueError(f"category name {name!r} has no words to put in a caption")
+    return phrases[0]
+
+
 class CocoGroundingDataset(Dataset):
     """Images and grounding targets from a COCO detection JSON.
 
@@ -113,7 +121,7 @@ class CocoGroundingDataset(Dataset):
         self.max_text_len = max_text_len
         self.seed = seed
         self.epoch = 0
-        self.categories: dict[int, str] = {c["id"]: " ".join(c["name"].lower().replace("_", " ").split()) for c in coco["categories"]}
+        self.categories: dict[int, str] = {c["id"]: category_phrase(c["name"]) for c in coco["categories"]}
         self.images: list[dict[str, Any]] = sorted(coco["images"], key=lambda im: im["id"])
         self.annotations: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for annotation in coco["annotations"]:

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes, collate
@@ -70,3 +71,21 @@ def test_masks_and_collate(shapes, tokenizer):
         assert batch.pixel_mask[i].sum() == sample.pixel_values.shape[1] * sample.pixel_values.shape[2]
         assert batch.attention_mask[i].sum() == len(sample.input_ids)
         assert batch.input_ids[i, : len(sample.input_ids)].tolist() == sample.input_ids
+
+
+def test_category_names_become_the_phrases_the_tokenizer_sees(tmp_path, tokenizer):
+    coco = {
+        "categories": [{"id": 1, "name": "Traffic_Light"}, {"id": 2, "name": "t.v."}],
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [4, 4, 8, 8], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 5], "iscrowd": 0},  # empty box: ignored
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    dataset = CocoGroundingDataset(tmp_path / "ann.json", tmp_path, tokenizer, sizes=ImageSizes((32,), 32), train=False)
+    assert dataset.categories == {1: "traffic light", 2: "t v"}
+    sample = dataset[0]
+    assert sample.caption == "t v ." and sample.target["labels"].tolist() == [2]
+    assert sample.target["positive_map"][0].nonzero().flatten().tolist() == [1, 2]
