@@ -1,4 +1,5 @@
-"""`python -m grounding.batch` end to end on a folder, in a subprocess, with tiny local checkpoints."""
+"""`python -m grounding.batch` end to end on a folder (a real subprocess), then failures and usage errors
+in-process, with tiny local checkpoints."""
 from __future__ import annotations
 
 import json
@@ -25,11 +26,8 @@ def detector_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _batch(*args: str, cache_dir: Path | None = None) -> subprocess.CompletedProcess:
+def _batch(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GROUNDING_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    env.pop("SAM_CHECKPOINT", None)
-    if cache_dir is not None:
-        env["GROUNDING_CACHE_DIR"] = str(cache_dir)
     return subprocess.run(
         [sys.executable, "-m", "grounding.batch", *args], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=300,
@@ -65,18 +63,27 @@ def test_folder_to_annotated_images_and_coco(tmp_path, detector_checkpoint, tiny
     np.testing.assert_array_equal(np.asarray(Image.open(masks_a[0])) == 255, mask)
 
 
-def test_bad_files_are_skipped_and_reported(tmp_path, detector_checkpoint, photo):
+def _run_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's `main` in this process (no interpreter start-up per case)."""
+    from grounding.batch import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path, detector_checkpoint, photo, capsys):
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(photo).save(images / "good.png")
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "out"
-    run = _batch(
-        "--images", str(images), "--prompt", "red square", "--out", str(out), "--detector", str(detector_checkpoint),
-        "--sam", "none", "--box-threshold", "0.0", "--device", "cpu",
+    code, stdout, stderr = _run_in_process(
+        capsys, "--images", str(images), "--prompt", "red square", "--out", str(out),
+        "--detector", str(detector_checkpoint), "--sam", "none", "--box-threshold", "0.0", "--device", "cpu",
     )
-    assert run.returncode == 1
-    assert "broken.jpg" in run.stderr and "1/2 images" in run.stdout
+    assert code == 1
+    assert "broken.jpg" in stderr and "1/2 images" in stdout
     assert json.loads((out / "coco.json").read_text())["images"][0]["file_name"] == "good.png"
 
 
@@ -89,13 +96,16 @@ def test_bad_files_are_skipped_and_reported(tmp_path, detector_checkpoint, photo
         (["--sam", "vit_b"], "sam_vit_b_01ec64.pth"),  # offline, no weights: says how to pass a local file
     ],
 )
-def test_usage_errors_exit_2_with_a_message(tmp_path, detector_checkpoint, photo, args, message):
+def test_usage_errors_exit_2_with_a_message(tmp_path, detector_checkpoint, photo, monkeypatch, capsys, args, message):
+    monkeypatch.delenv("SAM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("GROUNDING_OFFLINE", "1")
+    monkeypatch.setenv("GROUNDING_CACHE_DIR", str(tmp_path / "empty_cache"))
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(photo).save(images / "a.png")
     base = {"--images": str(images), "--prompt": "cat", "--out": str(tmp_path / "out"),
             "--detector": str(detector_checkpoint), "--device": "cpu"}
     base.update(dict(zip(args[::2], args[1::2])))
-    run = _batch(*[item for pair in base.items() for item in pair], cache_dir=tmp_path / "empty_cache")
-    assert run.returncode == 2, run.stderr
-    assert message in run.stderr and "Traceback" not in run.stderr
+    code, _, stderr = _run_in_process(capsys, *[item for pair in base.items() for item in pair])
+    assert code == 2
+    assert message in stderr
