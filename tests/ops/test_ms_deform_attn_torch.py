@@ -9,11 +9,18 @@ from tests.ops.reference import ms_deform_attn_loops, random_inputs
 SHAPES = [(3, 5), (2, 3), (1, 1)]
 
 
-def test_matches_loop_reference_with_zero_padding():
+def test_matches_loop_reference_with_zero_padding_fp64():
+    # fp64 end to end (locations included): the path gradcheck and training checks rely on
     inputs = random_inputs(SHAPES, seed=1)
     expected = ms_deform_attn_loops(*inputs)
     assert expected.shape == (2, 5, 2 * 4)
     torch.testing.assert_close(ms_deform_attn_torch(*inputs), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_matches_loop_reference_fp32():
+    inputs = random_inputs(SHAPES, seed=2, dtype=torch.float32)
+    expected = ms_deform_attn_loops(*(t.double() if t.is_floating_point() else t for t in inputs))
+    torch.testing.assert_close(ms_deform_attn_torch(*inputs).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_pixel_centres_return_the_pixel_value():
