@@ -25,8 +25,6 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -46,7 +44,6 @@ class HubWeights:
 
     repo_id: str
     filenames: tuple[str, ...]  # one .pth, or config.json + model.safetensors
-    config: Callable[[], GroundingDINOConfig]
 
     @property
     def urls(self) -> list[str]:
@@ -54,14 +51,12 @@ class HubWeights:
 
 
 KNOWN_WEIGHTS: dict[str, HubWeights] = {
-    "swint_ogc": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swint_ogc.pth",), swint_ogc),
-    "swinb_cogcoor": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swinb_cogcoor.pth",), swinb_cogcoor),
-    "IDEA-Research/grounding-dino-tiny": HubWeights(
-        "IDEA-Research/grounding-dino-tiny", (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swint_ogc
-    ),
-    "IDEA-Research/grounding-dino-base": HubWeights(
-        "IDEA-Research/grounding-dino-base", (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swinb_cogcoor
-    ),
+    "swint_ogc": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swint_ogc.pth",)),
+    "swinb_cogcoor": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swinb_cogcoor.pth",)),
+    **{
+        repo: HubWeights(repo, (HF_CONFIG_FILE, HF_WEIGHTS_FILE))
+        for repo in ("IDEA-Research/grounding-dino-tiny", "IDEA-Research/grounding-dino-base")
+    },
 }
 
 # Swin patch-embedding width -> official preset (the two released backbones differ in it).
@@ -86,9 +81,12 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"{self.source} ({self.format}, architecture from {self.config_origin}): {self.loaded} tensors loaded,"
-                 f" {len(self.ignored)} ignored"]
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched)):
+        lines = [
+            f"{self.source} ({self.format}, architecture from {self.config_origin}): "
+            f"{self.loaded} tensors loaded, {len(self.ignored)} ignored"
+        ]
+        problems = (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched))
+        for title, keys in problems:
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
                 lines.append(f"  {len(keys)} {title}: {shown}")
@@ -317,11 +315,16 @@ def save_hf_checkpoint(model: GroundingDINO, directory: str | os.PathLike) -> Pa
 # ---------------------------------------------------------------------------------------------- locating
 
 
-def _how_to_pass_local(names: tuple[str, ...] | list[str], urls: list[str] | None = None) -> str:
-    target = names[-1] if names else "groundingdino_swint_ogc.pth"
-    where = f" ({', '.join(urls)})" if urls else ""
+def _how_to_pass_local(hub: HubWeights | None) -> str:
+    """The sentence every WeightsUnavailableError ends with."""
+    if hub is None or hub.filenames[0].endswith(".pth"):
+        target = hub.filenames[0] if hub else "groundingdino_swint_ogc.pth"
+        where = f" from {hub.urls[0]}" if hub else ""
+    else:
+        target = hub.repo_id.split("/")[-1]
+        where = f" ({' and '.join(hub.urls)}) into a folder {target}/"
     return (
-        f"Download the weights{where} on a machine with internet access and pass the local file: "
+        f"Download the weights{where} on a machine with internet access and pass the local path: "
         f"GroundingDetector.from_pretrained('/path/to/{target}') (a .pth file, a .safetensors file or a folder "
         f"with config.json + model.safetensors), or set {CHECKPOINT_ENV}=/path/to/{target}."
     )
@@ -348,34 +351,42 @@ def resolve_checkpoint(
         return override_path
     name = str(name_or_path)
     hub = KNOWN_WEIGHTS.get(name)
-    if hub is None and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) and not name.endswith((".pth", ".safetensors")):
-        hub = HubWeights(name, (HF_CONFIG_FILE, HF_WEIGHTS_FILE), swint_ogc)
+    looks_like_repo = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None
+    if hub is None and looks_like_repo and not name.endswith((".pth", ".safetensors")):
+        hub = HubWeights(name, (HF_CONFIG_FILE, HF_WEIGHTS_FILE))
     if hub is None:
         raise WeightsUnavailableError(
             f"no checkpoint file or known model named {name!r}. Known names: {', '.join(KNOWN_WEIGHTS)}. "
-            + _how_to_pass_local(["groundingdino_swint_ogc.pth"])
+            + _how_to_pass_local(None)
         )
     if not download:
         raise WeightsUnavailableError(
-            f"{name} is not available locally and downloading is off. " + _how_to_pass_local(hub.filenames, hub.urls)
+            f"{name} is not available locally and downloading is off. " + _how_to_pass_local(hub)
         )
     return download_weights(hub, cache_dir)
 
 
 def download_weights(hub: HubWeights, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Fetch `hub`'s files through the HF cache (progress bars, resumable); the .pth file or the HF folder."""
+    """`hub`'s files from the HF cache, else downloaded into it (progress bars, resumable); returns the .pth
+    file or the folder holding config.json + model.safetensors."""
     from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     paths = []
     for filename in hub.filenames:
+        try:  # a cached copy first: released weights do not change, and no network round trip is needed
+            paths.append(Path(hf_hub_download(hub.repo_id, filename, cache_dir=cache_dir, local_files_only=True)))
+            continue
+        except LocalEntryNotFoundError:
+            pass
         try:
-            paths.append(Path(hf_hub_download(hub.repo_id, filename, cache_dir=cache_dir, etag_timeout=10)))
+            paths.append(Path(hf_hub_download(hub.repo_id, filename, cache_dir=cache_dir)))
         except Exception as error:  # offline mode, no network, 404, auth: all mean "not here"
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            offline = constants.HF_HUB_OFFLINE
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if constants.HF_HUB_OFFLINE else ""
             raise WeightsUnavailableError(
-                f"could not get {filename} from the Hugging Face hub repo {hub.repo_id}"
-                f"{' (HF_HUB_OFFLINE is set and it is not in the cache)' if offline else ''}: {reason}. "
-                + _how_to_pass_local(hub.filenames, hub.urls)
+                f"could not get {filename} from the Hugging Face hub repo {hub.repo_id}{offline}: "
+                f"{type(error).__name__}: {first_line}. "
+                + _how_to_pass_local(hub)
             ) from error
     return paths[0] if len(paths) == 1 else paths[-1].parent

@@ -22,8 +22,9 @@ def test_offline_hub_error_says_how_to_pass_a_local_file(tmp_path, monkeypatch):
     assert "groundingdino_swint_ogc.pth" in message and "ShilongLiu/GroundingDINO" in message
     assert "HF_HUB_OFFLINE" in message
     assert "from_pretrained('/path/to/groundingdino_swint_ogc.pth')" in message and CHECKPOINT_ENV in message
-    with pytest.raises(WeightsUnavailableError, match="IDEA-Research/grounding-dino-base"):
+    with pytest.raises(WeightsUnavailableError, match="IDEA-Research/grounding-dino-base") as error:
         resolve_checkpoint("IDEA-Research/grounding-dino-base", cache_dir=tmp_path)
+    assert "from_pretrained('/path/to/grounding-dino-base')" in str(error.value)
     with pytest.raises(WeightsUnavailableError, match="downloading is off"):
         resolve_checkpoint("swinb_cogcoor", download=False)
 
@@ -54,7 +55,7 @@ def test_unreachable_hub_is_a_clear_error(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ERROR could not get config.json from the Hugging Face hub repo "
                                     "IDEA-Research/grounding-dino-tiny"), result.stdout
-    assert "pass the local file" in result.stdout and CHECKPOINT_ENV in result.stdout
+    assert "pass the local path" in result.stdout and CHECKPOINT_ENV in result.stdout
 
 
 def _fake_hub_cache(cache: Path, repo_id: str, filename: str) -> Path:
