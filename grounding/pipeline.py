@@ -19,7 +19,8 @@ Public API (consumed by the UI in `app/`):
                               nms_iou=None, multimask=False)
     result.boxes [N,4] xyxy px, result.scores [N], result.phrases [N], result.masks [N,H,W] bool,
     result.timings {stage: seconds}, result.cache {cache: hit?}, result.image_size (W, H), result.notes
-    pipeline.detect(...) is the same without masks; pipeline.stats counts model calls.
+    pipeline.detect(...) is the same without masks; pipeline.stats counts model calls;
+    pipeline.encode_image(image) fills the image caches ahead of a prompt; pipeline.describe() names models/device.
 """
 from __future__ import annotations
 
@@ -215,6 +216,21 @@ class GroundedSAM:
                 "(GroundedSAM.from_names(sam='vit_b', sam_checkpoint=...) / $SAM_CHECKPOINT)."
             )
         return self._run(image, prompt, box_threshold, text_threshold, nms_iou, masks=True, multimask=multimask)
+
+    def encode_image(self, image: Any, with_sam: bool = True) -> dict[str, bool]:
+        """Run the image encoders on `image` into the caches now (e.g. on upload, before a prompt is typed),
+        so the first `segment` on it only runs the text part. Returns {cache: was already there}."""
+        loaded = load_image(image, self.image_limits)
+        key = image_key(loaded.pixels)
+        hits = {}
+        _, hits["image_features"] = self.caches.image_features.get_or_create(
+            (self.detector_id, key), lambda: self._encode_for_detector(loaded)
+        )
+        if with_sam and self.segmenter is not None:
+            _, hits["sam_embedding"] = self.caches.sam_embeddings.get_or_create(
+                (self.segmenter_id, key), lambda: self._encode_for_sam(loaded)
+            )
+        return hits
 
     @contextmanager
     def _count(self, counter: str, amount: int = 1) -> Iterator[None]:

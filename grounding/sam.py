@@ -285,7 +285,7 @@ class SamSegmenter:
         spec = _variant(variant)
         path = resolve_sam_checkpoint(variant, checkpoint, download=download)
         model = load_sam_checkpoint(build_sam(spec), path).to(device)
-        return cls(model=model, model_id=f"sam-{variant}:{Path(path).name}", device=device)
+        return cls(model=model, model_id=f"sam-{variant}:{Path(path).resolve()}", device=device)
 
     @torch.inference_mode()
     def encode_image(self, image: np.ndarray) -> SamEmbedding:

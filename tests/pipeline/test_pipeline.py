@@ -94,6 +94,14 @@ def test_new_prompt_on_seen_image_skips_both_image_encoders(pipeline, photo):
     assert again.cache["raw_detections"] is True and pipeline.stats.detector_text_runs == 2
 
 
+def test_encode_image_ahead_of_the_prompt(pipeline, photo):
+    assert pipeline.encode_image(photo) == {"image_features": False, "sam_embedding": False}
+    assert pipeline.encode_image(photo) == {"image_features": True, "sam_embedding": True}
+    result = _all(pipeline, photo)
+    assert result.cache["image_features"] is True and result.cache["sam_embedding"] is True
+    assert pipeline.forwards["swin"] == 1 and pipeline.forwards["sam_image_encoder"] == 1
+
+
 def test_same_pixels_other_container_hit_the_cache(pipeline, photo, tmp_path):
     _all(pipeline, photo)
     path = tmp_path / "photo.png"

@@ -45,7 +45,7 @@ def test_loads_through_the_state_dict_path(tiny_sam_checkpoint):
     reference = tiny_sam(seed=0).state_dict()
     for key, value in segmenter.model.state_dict().items():
         torch.testing.assert_close(value, reference[key])
-    assert segmenter.model_id == "sam-tiny:sam_tiny.pth"
+    assert segmenter.model_id == f"sam-tiny:{tiny_sam_checkpoint.resolve()}"  # cache keys name the weights
 
 
 def test_env_var_gives_the_checkpoint(tiny_sam_checkpoint, monkeypatch):
