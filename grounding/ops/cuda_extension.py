@@ -173,17 +173,44 @@ def extension_status() -> ExtensionStatus:
     try:
         if is_registered():
             register_python_parts()
-            return ExtensionStatus(True, "compiled op already loaded")
-        prebuilt = prebuilt_library()
-        if prebuilt is not None:
+            status = ExtensionStatus(True, "compiled op already loaded")
+        elif (prebuilt := prebuilt_library()) is not None:
             load_library(prebuilt)
-            return ExtensionStatus(True, f"prebuilt {prebuilt.name}")
-        path = build_extension()
-        return ExtensionStatus(True, f"built just in time in {path.parent}")
+            status = ExtensionStatus(True, f"prebuilt {prebuilt.name}")
+        else:
+            path = build_extension()
+            status = ExtensionStatus(True, f"built just in time in {path.parent}")
+        self_test()
+        return status
     except Exception as err:  # never crash the caller: fall back and say why, once
         status = ExtensionStatus(False, _first_line(err))
     logger.warning("grounding: CUDA deformable-attention op unavailable (%s); using the PyTorch path", status.reason)
     return status
+
+
+def self_test(device: torch.device | str = "cuda") -> None:
+    """Run the loaded op once on `device` against the PyTorch path; catches a library built for another GPU
+    architecture ("no kernel image is available") or a broken build before the model relies on it."""
+    from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch
+
+    gen = torch.Generator().manual_seed(0)
+    spatial_shapes = torch.tensor([[4, 5], [2, 3]])  # [L, 2]
+    level_start_index = torch.tensor([0, 20])
+    value = torch.randn(1, 26, 2, 8, generator=gen)  # [B, S, M, D]
+    locations = torch.rand(1, 3, 2, 2, 2, 2, generator=gen)  # [B, Q, M, L, P, 2]
+    weights = torch.rand(1, 3, 2, 2, 2, generator=gen)  # [B, Q, M, L, P]
+    try:
+        inputs = [t.to(device) for t in (value, spatial_shapes, level_start_index, locations, weights)]
+        out = getattr(torch.ops, LIBRARY_NAMESPACE).ms_deform_attn(*inputs)
+        torch.cuda.synchronize(device)
+    except Exception as err:
+        raise ExtensionUnavailable(
+            f"the compiled op does not run on this GPU ({_first_line(err)}); rebuild it for this GPU "
+            "(delete grounding/_C*.so or rerun `python setup.py build_ext --inplace`)"
+        ) from err
+    error = (out.cpu() - ms_deform_attn_torch(value, spatial_shapes, level_start_index, locations, weights)).abs()
+    if not error.max() <= 1e-4:
+        raise ExtensionUnavailable(f"the compiled op disagrees with the PyTorch path (max error {error.max():.2e})")
 
 
 def _first_line(err: BaseException) -> str:

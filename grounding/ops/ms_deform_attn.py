@@ -55,8 +55,13 @@ def ms_deform_attn(
 ) -> torch.Tensor:  # [B, Q, M * D], dtype of value
     if value.is_cuda and _extension_available():
         # The kernel reads locations and weights in fp32 whatever their dtype, and accumulates in fp32.
+        # Shapes and starts must sit on the GPU as int64 (no-ops when they already do).
         return torch.ops.grounding_ops.ms_deform_attn(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+            value,
+            spatial_shapes.to(value.device, torch.int64),
+            level_start_index.to(value.device, torch.int64),
+            sampling_locations,
+            attention_weights,
         )
     # grid_sample needs one dtype; compute in the widest one so fp32 locations keep their precision.
     dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)

@@ -88,3 +88,14 @@ def test_kernel_symbols_are_in_the_library(built):
     data = library.read_bytes()
     for symbol in (b"ms_deform_attn_forward_kernel", b"ms_deform_attn_backward_kernel", b"grounding_ops"):
         assert symbol in data
+
+
+def test_self_test_runs_the_kernel_or_says_why(built):
+    _, _, error = built
+    if error is not None:
+        pytest.skip(f"library does not load here: {error}")
+    if torch.cuda.is_available():
+        cuda_extension.self_test()  # kernel output matches the PyTorch path
+    else:
+        with pytest.raises(cuda_extension.ExtensionUnavailable, match="does not run on this GPU"):
+            cuda_extension.self_test()

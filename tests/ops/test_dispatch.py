@@ -91,8 +91,19 @@ def test_unexpected_error_while_loading_never_escapes(pretend_gpu, monkeypatch, 
     assert len(caplog.records) == 1
 
 
+def test_library_that_cannot_run_on_the_gpu_falls_back(pretend_gpu, monkeypatch, caplog):
+    # Built fine, but the first launch fails (here: no driver; on users' machines e.g. a prebuilt library
+    # for another GPU architecture). The self-test catches it before the model relies on the op.
+    monkeypatch.setattr(cuda_extension, "build_extension", lambda: cuda_extension.build_directory() / "op.so")
+    with caplog.at_level(logging.WARNING, logger=cuda_extension.__name__):
+        assert backend("cuda") == "pytorch"
+    assert "the compiled op does not run on this GPU" in backend_reason("cuda")
+    assert len(caplog.records) == 1
+
+
 def test_working_build_selects_the_extension(pretend_gpu, monkeypatch):
     monkeypatch.setattr(cuda_extension, "build_extension", lambda: cuda_extension.build_directory() / "op.so")
+    monkeypatch.setattr(cuda_extension, "self_test", lambda: None)
     assert backend("cuda") == "cuda-extension"
     assert backend_reason("cuda").startswith("cuda-extension (built just in time in ")
     assert backend("cpu") == "pytorch"
