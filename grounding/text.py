@@ -57,7 +57,9 @@ def load_tokenizer(path: str | Path | None = None) -> BertTokenizer:
     """BERT uncased WordPiece tokenizer from a vocab.txt (default: the shipped bert-base-uncased vocab).
 
     Uses `BertTokenizer(vocab=...)`: in transformers 5, `vocab_file=` is silently ignored and yields a
-    5-token vocabulary, so the size is checked against the file.
+    5-token vocabulary, so the size is checked against the file. Plain calls (no padding / truncation), as
+    made here, may share one instance across threads; a call with padding or truncation changes the shared
+    Rust tokenizer's state while it runs, so such callers need their own instance.
     """
     vocab_path = Path(path) if path is not None else VOCAB_PATH
     if not vocab_path.is_file():

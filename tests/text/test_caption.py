@@ -114,3 +114,33 @@ def test_too_many_chunks_is_refused(tokenizer):
     assert sum(len(c) + 3 for c in classes) < MAX_PROMPT_CHARS
     with pytest.raises(InvalidPromptError, match="model passes"):
         tokenize_caption(classes, tokenizer)
+
+
+@pytest.mark.parametrize("prompt", ["Cat . Dog", ["st. bernard", "A  dog"], "café . 北京 .. x", "a cat. a remote control."])
+def test_normalisation_is_idempotent(tokenizer, prompt):
+    caption = normalize_caption(prompt)
+    assert normalize_caption(caption) == caption
+    assert tokenize_caption(caption, tokenizer) == tokenize_caption(prompt, tokenizer)
+
+
+def test_concurrent_tokenisation_gives_the_same_result(tokenizer):
+    """The app tokenises from several request threads with one shared tokenizer."""
+    import threading
+
+    classes = [f"object kind {i} of tableware" for i in range(300)]
+    expected = tokenize_caption(classes, tokenizer)
+    failures = []
+
+    def work():
+        for _ in range(10):
+            if tokenize_caption(classes, tokenizer) != expected:
+                failures.append("different chunks")
+            if tokenizer("a cat .")["input_ids"] != [101, 1037, 4937, 1012, 102]:
+                failures.append("different ids")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
