@@ -144,3 +144,11 @@ def test_concurrent_tokenisation_gives_the_same_result(tokenizer):
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_special_token_names_in_a_prompt_are_plain_text(tokenizer):
+    (chunk,) = tokenize_caption("[CLS] . [SEP] . [PAD] x . what is this?", tokenizer)
+    assert chunk.phrases == ("[cls]", "[sep]", "[pad] x", "what is this?")
+    inner = [i for p in range(len(chunk.phrases)) for i in chunk.input_ids[slice(*chunk.phrase_spans[p])]]
+    assert not {0, 101, 102, 1012} & set(inner)
+    assert list(chunk.input_ids) == tokenizer(chunk.caption)["input_ids"]
