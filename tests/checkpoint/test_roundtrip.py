@@ -13,7 +13,7 @@ from grounding.checkpoint import (
     save_hf_checkpoint,
 )
 from grounding.config import swinb_cogcoor, swint_ogc, tiny
-from grounding.keymap import hf_config
+from grounding.keymap import hf_config, hf_to_official
 from tests.checkpoint.conftest import run
 from tests.fixtures.dino import official_state_dict, tiny_hf_checkpoint, tiny_official_checkpoint
 
@@ -110,3 +110,23 @@ def test_hub_config_json_with_only_non_default_fields():
     legacy["backbone_config"].update(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12,
                                      image_size=384)
     assert config_from_hf(legacy) == swinb_cogcoor()
+
+
+@pytest.mark.filterwarnings("ignore:.*meta.*:UserWarning")
+@pytest.mark.parametrize("preset", [swint_ogc, swinb_cogcoor])
+def test_full_size_checkpoints_fit_on_meta_device(preset):
+    """Full Swin-T / Swin-B key sets and shapes, without allocating memory: transformers' model (as
+    from_pretrained builds it for IDEA-Research/grounding-dino-tiny / -base) mapped to ours, and the official
+    layout's architecture read back from its tensor shapes."""
+    from transformers import GroundingDinoForObjectDetection
+
+    from grounding.checkpoint import LoadReport, infer_config, load_state_dict_strict
+    from grounding.model import GroundingDINO
+
+    with torch.device("meta"):
+        reference = GroundingDinoForObjectDetection(hf_config(preset()))
+        ours = GroundingDINO(config_from_hf(reference.config.to_dict()))
+    assert ours.config == preset()
+    report = load_state_dict_strict(ours, hf_to_official(reference.state_dict()), LoadReport("meta", "hf", "test"))
+    assert report.ok and report.loaded == len(ours.state_dict())
+    assert infer_config(ours.state_dict()) == preset()
