@@ -13,7 +13,8 @@ Sections (each prints as it goes; a table at the end; exit code 1 if a check fai
 3. op time Swin-T scale at 800x1200 (4 levels, S = 19,947, M 8, D 32, P 4): Q = 900 (decoder) and Q = S
            (encoder), fp32 and bf16, forward and forward+backward, op vs PyTorch path (CUDA events, median).
 4. model   swint_ogc with random weights (tests/fixtures/dino.py) at 800x1200: ours fp32, fp32+TF32,
-           bf16 autocast vs transformers' GroundingDinoForObjectDetection (same weights, fp32) in one run;
+           bf16 autocast (and with --compile, torch.compile in bf16) vs transformers'
+           GroundingDinoForObjectDetection (same weights, fp32 and bf16 autocast) in one run;
            CUDA kernels per forward; ours-vs-transformers and bf16-vs-fp32 output differences and the
            queries above the 0.35 box threshold.
 """
@@ -171,11 +172,12 @@ def check_op(report: Report, device: torch.device, available: bool) -> None:
     report.check("op", "torch.compile fullgraph", diff <= 1e-5, f"max|diff| {diff:.2e}")
 
 
-def time_op(report: Report, device: torch.device, available: bool, image_hw: tuple[int, int], iters: int) -> None:
+def time_op(report: Report, device: torch.device, available: bool, image_hw: tuple[int, int], iters: int,
+            decoder_queries: int) -> None:
     shapes = level_shapes(*image_hw)
     total = sum(h * w for h, w in shapes)
     report.add("op time", "levels / S", f"{shapes} / {total}")
-    for label, queries in (("Q=900", 900), (f"Q=S={total}", total)):
+    for label, queries in ((f"Q={decoder_queries}", decoder_queries), (f"Q=S={total}", total)):
         for dtype in (torch.float32, torch.bfloat16):
             value, ss, starts, loc, w = deform_inputs(shapes, 1, queries, 8, 32, 4, device)
             value = value.to(dtype)
@@ -184,17 +186,21 @@ def time_op(report: Report, device: torch.device, available: bool, image_hw: tup
             if available:
                 candidates["op"] = torch.ops.grounding_ops.ms_deform_attn
             for impl, fn in candidates.items():
-                with torch.no_grad():
-                    ms = time_ms(lambda: fn(value, ss, starts, loc, w), device, iters)
-                report.add("op time", f"{label} {name} fwd {impl}", ms, " ms")
                 leaves = [value.clone().requires_grad_(), loc.clone().requires_grad_(), w.clone().requires_grad_()]
 
-                def forward_backward():
-                    out = fn(leaves[0], ss, starts, leaves[1], leaves[2])
-                    out.float().sum().backward()
+                def forward():
+                    with torch.no_grad():
+                        fn(value, ss, starts, loc, w)
 
-                ms = time_ms(forward_backward, device, max(3, iters // 2))
-                report.add("op time", f"{label} {name} fwd+bwd {impl}", ms, " ms")
+                def forward_backward():
+                    fn(leaves[0], ss, starts, leaves[1], leaves[2]).float().sum().backward()
+
+                for kind, run, n in (("fwd", forward, iters), ("fwd+bwd", forward_backward, max(3, iters // 2))):
+                    item = f"{label} {name} {kind} {impl}"
+                    try:
+                        report.add("op time", item, time_ms(run, device, n), " ms")
+                    except Exception as err:  # one broken path must not hide the other numbers
+                        report.check("op time", item, False, f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
 
 def caption_tokens(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +238,8 @@ def compare_outputs(report: Report, name: str, probs_a, boxes_a, probs_b, boxes_
                f"{len(boxes_a)} vs {len(boxes_b)}, {same} of the latter matched")
 
 
-def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], iters: int, tiny: bool) -> None:
+def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], iters: int, tiny: bool,
+               compile_model: bool) -> None:
     from grounding.config import swint_ogc
     from grounding.config import tiny as tiny_config
     from tests.fixtures.dino import load_hf_reference, random_model
@@ -262,6 +269,13 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
         "transformers fp32": (theirs, "fp32", False),
         "transformers bf16": (theirs, "bf16", True),
     }
+    if compile_model:
+        compiled = torch.compile(model)
+
+        def ours_compiled():
+            return compiled(input_ids, attention_mask, pixel_values=pixel_values, pixel_mask=pixel_mask)
+
+        runs["ours bf16 torch.compile"] = (ours_compiled, "bf16", True)
     results = {}
     for name, (fn, precision, tf32) in runs.items():
         with inference_precision(device, precision):
@@ -301,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--skip-model", action="store_true", help="only the op sections")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(model) in bf16 (slow)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -308,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     report = Report(device=f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(report.device, flush=True)
-    image_hw = (96, 128) if args.dry_run else (800, 1200)
+    image_hw = (64, 96) if args.dry_run else (800, 1200)
+    decoder_queries = 64 if args.dry_run else 900
     iters = 1 if args.dry_run else args.iters
     start = time.perf_counter()
 
@@ -317,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     print("2. op correctness", flush=True)
     check_op(report, device, available)
     print("3. op timing", flush=True)
-    time_op(report, device, available, image_hw, iters)
+    time_op(report, device, available, image_hw, iters, decoder_queries)
     if not args.skip_model:
         print("4. detector timing", flush=True)
-        time_model(report, device, image_hw, iters, tiny=args.dry_run)
+        time_model(report, device, image_hw, iters, tiny=args.dry_run, compile_model=args.compile)
     report.add("total", "seconds", time.perf_counter() - start, " s")
 
     print()
