@@ -178,6 +178,7 @@ def extension_status() -> ExtensionStatus:
             load_library(prebuilt)
             status = ExtensionStatus(True, f"prebuilt {prebuilt.name}")
         else:
+            logger.info("grounding: compiling the CUDA deformable-attention op (once per torch version, ~1 min)")
             path = build_extension()
             status = ExtensionStatus(True, f"built just in time in {path.parent}")
         self_test()
