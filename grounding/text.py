@@ -53,6 +53,19 @@ class TokenizedCaption:
         return len(self.input_ids)
 
 
+@dataclass(frozen=True)
+class _Phrase:
+    """A prompt phrase while chunking: its words and their token ids."""
+
+    text: str
+    words: tuple[str, ...]
+    word_ids: list[list[int]]  # token ids of each word
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids in self.word_ids)
+
+
 def load_tokenizer(path: str | Path | None = None) -> BertTokenizer:
     """BERT uncased WordPiece tokenizer from a vocab.txt (default: the shipped bert-base-uncased vocab).
 
@@ -102,12 +115,7 @@ def split_phrases(prompt: str | list[str] | tuple[str, ...]) -> list[str]:
         raise InvalidPromptError(
             f"the prompt has {size} characters; at most {MAX_PROMPT_CHARS} are accepted. Use fewer classes."
         )
-    phrases: list[str] = []
-    for raw in raw_phrases:
-        phrase = _clean(raw)
-        if phrase and phrase not in phrases:
-            phrases.append(phrase)
-    return phrases
+    return list(dict.fromkeys(phrase for phrase in map(_clean, raw_phrases) if phrase))  # ordered, unique
 
 
 def normalize_caption(prompt: str | list[str] | tuple[str, ...]) -> str:
@@ -135,7 +143,7 @@ def tokenize_caption(
     flat_ids = tokenizer(flat_words, add_special_tokens=False)["input_ids"] if flat_words else []
 
     # Per phrase: its words that produce tokens (a lone combining accent produces none) and their ids.
-    tokenized_phrases: list[tuple[str, tuple[str, ...], list[list[int]]]] = []
+    tokenized_phrases: dict[str, _Phrase] = {}  # ordered, unique
     cursor = 0
     for words in words_per_phrase:
         kept_words, kept_ids = [], []
@@ -146,28 +154,28 @@ def tokenize_caption(
                 kept_words.append(word)
                 kept_ids.append(ids)
         if kept_words:
-            phrase = " ".join(kept_words)
-            if phrase not in (done[0] for done in tokenized_phrases):
-                tokenized_phrases.append((phrase, tuple(kept_words), kept_ids))
+            text = " ".join(kept_words)
+            tokenized_phrases.setdefault(text, _Phrase(text, tuple(kept_words), kept_ids))
     if not tokenized_phrases:
         raise InvalidPromptError(
             "the prompt has no words: write the things to find separated by '.', e.g. 'cat . remote control .'"
         )
 
     budget = max_tokens - 2  # [CLS] and [SEP]
-    groups: list[list[tuple[str, tuple[str, ...], list[list[int]]]]] = [[]]
+    groups: list[list[_Phrase]] = [[]]
     used = 0
-    for item in tokenized_phrases:
-        cost = sum(len(ids) for ids in item[2]) + 1  # + its "."
+    for phrase in tokenized_phrases.values():
+        cost = phrase.num_tokens + 1  # + its "."
         if cost > budget:
+            excerpt = phrase.text if len(phrase.text) <= 60 else phrase.text[:57] + "..."
             raise InvalidPromptError(
-                f"the phrase '{item[0][:60]}...' is {cost - 1} tokens long; one phrase may have at most "
+                f"the phrase '{excerpt}' is {phrase.num_tokens} tokens long; one phrase may have at most "
                 f"{budget - 1} tokens. Shorten it or split it with '.'."
             )
         if used + cost > budget:
             groups.append([])
             used = 0
-        groups[-1].append(item)
+        groups[-1].append(phrase)
         used += cost
     if len(groups) > MAX_CHUNKS:
         raise InvalidPromptError(
@@ -177,11 +185,12 @@ def tokenize_caption(
     return [_assemble(group) for group in groups]
 
 
-def _assemble(group: list[tuple[str, tuple[str, ...], list[list[int]]]]) -> TokenizedCaption:
+def _assemble(group: list[_Phrase]) -> TokenizedCaption:
+    """[CLS] phrase . phrase . [SEP] with each token's phrase and word index."""
     input_ids, token_phrase, token_word, spans = [CLS_ID], [-1], [-1], []
-    for phrase_index, (_, _, word_ids) in enumerate(group):
+    for phrase_index, phrase in enumerate(group):
         start = len(input_ids)
-        for word_index, ids in enumerate(word_ids):
+        for word_index, ids in enumerate(phrase.word_ids):
             input_ids += ids
             token_phrase += [phrase_index] * len(ids)
             token_word += [word_index] * len(ids)
@@ -192,13 +201,13 @@ def _assemble(group: list[tuple[str, tuple[str, ...], list[list[int]]]]) -> Toke
     input_ids.append(SEP_ID)
     token_phrase.append(-1)
     token_word.append(-1)
-    phrases = tuple(item[0] for item in group)
+    phrases = tuple(phrase.text for phrase in group)
     return TokenizedCaption(
         caption=" . ".join(phrases) + " .",
         phrases=phrases,
         input_ids=tuple(input_ids),
         phrase_spans=tuple(spans),
-        phrase_words=tuple(item[1] for item in group),
+        phrase_words=tuple(phrase.words for phrase in group),
         token_phrase=tuple(token_phrase),
         token_word=tuple(token_word),
     )
