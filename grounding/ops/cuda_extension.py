@@ -100,6 +100,9 @@ def build_extension(
     cuda_home = find_cuda_home()
     if cuda_home is None:
         raise ExtensionUnavailable("no CUDA toolkit (nvcc) found; set CUDA_HOME")
+    sources = [CSRC_DIR / name for name in SOURCES]
+    if not all(path.is_file() for path in sources):
+        raise ExtensionUnavailable(f"the CUDA sources are not in {CSRC_DIR} (use a source checkout)")
     if not cpp_extension.is_ninja_available():
         raise ExtensionUnavailable("ninja is not installed (pip install ninja)")
     os.environ["CUDA_HOME"] = cuda_home
@@ -109,7 +112,7 @@ def build_extension(
     try:
         cpp_extension.load(
             name=EXTENSION_NAME,
-            sources=[str(CSRC_DIR / name) for name in SOURCES],
+            sources=[str(path) for path in sources],
             extra_cflags=["-O3"],
             extra_cuda_cflags=[*NVCC_FLAGS, *cuda_arch_flags],
             build_directory=str(build_dir),

@@ -127,3 +127,11 @@ def test_backend_choice_compiles_without_graph_break(monkeypatch, available):
     torch._dynamo.reset()
     compiled = torch.compile(pick, backend="eager", fullgraph=True)
     assert torch.equal(compiled(torch.zeros(3)), torch.full((3,), 1.0 if available else -1.0))
+
+
+def test_build_without_sources_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "13.0")
+    monkeypatch.setattr(cuda_extension, "find_cuda_home", lambda: "/usr/local/cuda")
+    monkeypatch.setattr(cuda_extension, "CSRC_DIR", tmp_path)
+    with pytest.raises(cuda_extension.ExtensionUnavailable, match="the CUDA sources are not in"):
+        cuda_extension.build_extension(tmp_path / "build")
