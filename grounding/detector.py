@@ -80,9 +80,11 @@ class GroundingDetector:
         model_id: str | None = None,
         shortest_side: int = 800,
         longest_side: int = 1333,
+        chunk_batch_size: int = 1,
     ) -> None:
         """`shortest_side` / `longest_side`: the resize before the backbone (the official 800 / 1333; smaller is
-        faster on CPU and less accurate)."""
+        faster on CPU and less accurate). `chunk_batch_size`: prompt chunks run together in one padded batch
+        (worth it on a GPU; on a CPU the work grows with the batch, so 1 keeps peak memory low)."""
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
@@ -90,6 +92,7 @@ class GroundingDetector:
         self.model_id = f"{model_id or f'GroundingDINO@{id(model):x}'}|resize {shortest_side}/{longest_side}"
         self.load_report: LoadReport | None = None
         self.shortest_side, self.longest_side = shortest_side, longest_side
+        self.chunk_batch_size = max(1, int(chunk_batch_size))
 
     @classmethod
     def from_pretrained(
@@ -100,6 +103,7 @@ class GroundingDetector:
         cache_dir: str | os.PathLike | None = None,
         shortest_side: int = 800,
         longest_side: int = 1333,
+        chunk_batch_size: int = 1,
     ) -> "GroundingDetector":
         """"swint_ogc" | "swinb_cogcoor" | "IDEA-Research/grounding-dino-tiny" | "IDEA-Research/grounding-dino-base"
         | a local .pth / .safetensors / HF folder. $GROUNDING_DINO_CHECKPOINT overrides a name with a local file.
@@ -107,7 +111,8 @@ class GroundingDetector:
         device = torch.device(device) if device is not None else default_device()
         model, report = load_model(name_or_path, device=device, download=download, cache_dir=cache_dir)
         detector = cls(
-            model, load_tokenizer(), device, f"{name_or_path}|{report.source}", shortest_side, longest_side
+            model, load_tokenizer(), device, f"{name_or_path}|{report.source}", shortest_side, longest_side,
+            chunk_batch_size,
         )
         detector.load_report = report
         return detector
@@ -133,11 +138,20 @@ class GroundingDetector:
         Raises InvalidPromptError for prompts without words, too long phrases or too large prompts."""
         chunks = tokenize_caption(prompt, self.tokenizer, max_tokens=self.model.config.max_text_len)
         probs, boxes = [], []
-        for chunk in chunks:
-            input_ids = torch.tensor([chunk.input_ids], dtype=torch.long, device=self.device)  # [1, T]
-            output = self.model(input_ids, torch.ones_like(input_ids), image_features=encoding.features)
-            probs.append(output.pred_logits[0, :, : len(chunk)].float().sigmoid().cpu())  # [Q, T]
-            boxes.append(output.pred_boxes[0].float().cpu())  # [Q, 4]
+        for first in range(0, len(chunks), self.chunk_batch_size):
+            batch = chunks[first : first + self.chunk_batch_size]
+            length = max(len(chunk) for chunk in batch)
+            input_ids = torch.zeros((len(batch), length), dtype=torch.long)  # [B, T], 0 = [PAD]
+            attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+            for row, chunk in enumerate(batch):
+                input_ids[row, : len(chunk)] = torch.tensor(chunk.input_ids)
+                attention_mask[row, : len(chunk)] = 1
+            output = self.model(  # image batch 1 is shared by every caption of the batch
+                input_ids.to(self.device), attention_mask.to(self.device), image_features=encoding.features
+            )
+            for row, chunk in enumerate(batch):
+                probs.append(output.pred_logits[row, :, : len(chunk)].float().sigmoid().cpu())  # [Q, T]
+                boxes.append(output.pred_boxes[row].float().cpu())  # [Q, 4]
         return RawDetections(tuple(chunks), tuple(probs), tuple(boxes), encoding.image_size)
 
     def filter(self, raw: RawDetections, box_threshold: float = 0.35, text_threshold: float = 0.25) -> Detections:

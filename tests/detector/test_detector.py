@@ -142,3 +142,19 @@ def test_from_pretrained_local_file(tmp_path, photo):
     a = loaded.detect(photo, PROMPT, 0.2, 0.25)
     b = reference.detect(photo, PROMPT, 0.2, 0.25)
     assert a.phrases == b.phrases and np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+
+
+def test_chunks_in_one_padded_batch_equal_chunks_one_by_one(detector, photo):
+    from grounding.detector import GroundingDetector
+
+    classes = [f"object kind {i} of tableware" for i in range(100)] + ["cat"]  # 3 chunks, the last one short
+    encoding = detector.encode_image(photo)
+    one_by_one = detector.run_text(encoding, classes)
+    batched = GroundingDetector(detector.model, detector.tokenizer, "cpu", chunk_batch_size=4).run_text(
+        encoding, classes
+    )
+    assert len(one_by_one.chunks) == 3 and batched.chunks == one_by_one.chunks
+    for a, b in zip(batched.probs, one_by_one.probs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(batched.boxes, one_by_one.boxes):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
