@@ -36,4 +36,25 @@ void launch_ms_deform_attn_backward(
     at::Tensor& grad_sampling_locations,
     at::Tensor& grad_attention_weights);
 
+// The same per-element arithmetic as the kernels, looped on the host (CPU tensors): a reference that runs
+// the kernels' code path where there is no GPU. Same contract as the launchers above.
+void run_ms_deform_attn_forward_on_host(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& output);
+
+void run_ms_deform_attn_backward_on_host(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& grad_value,
+    at::Tensor& grad_sampling_locations,
+    at::Tensor& grad_attention_weights);
+
 }  // namespace grounding_ops

@@ -1,4 +1,6 @@
-// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for shapes and convention).
+// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for shapes and convention), and a
+// host loop over the same __host__ __device__ per-element functions (the CPU reference the tests run where
+// there is no GPU).
 //
 // Work split: one thread per output element (b, q, m, d). The D threads of one (b, q, m) are neighbours, so
 // value reads of a sampling corner are coalesced over channels, and the per-point gradients of locations and
@@ -30,7 +32,7 @@ struct BilinearPoint {
   acc_t frac_row, frac_col;  // distance from the top-left corner, in [0, 1)
   bool row0_in, row1_in, col0_in, col1_in;
 
-  __device__ __forceinline__ BilinearPoint(acc_t x, acc_t y, int height, int width) {
+  __host__ __device__ __forceinline__ BilinearPoint(acc_t x, acc_t y, int height, int width) {
     const acc_t row = y * static_cast<acc_t>(height) - acc_t(0.5);
     const acc_t col = x * static_cast<acc_t>(width) - acc_t(0.5);
     const acc_t row_floor = floor(row);
@@ -53,7 +55,7 @@ template <typename scalar_t, typename acc_t>
 struct Corners {
   acc_t v00, v01, v10, v11;  // v{row}{col}
 
-  __device__ __forceinline__ Corners(const scalar_t* value_level, int width, int64_t pixel_stride,
+  __host__ __device__ __forceinline__ Corners(const scalar_t* value_level, int width, int64_t pixel_stride,
                                      const BilinearPoint<acc_t>& pt) {
     const int64_t top = static_cast<int64_t>(pt.row0) * width + pt.col0;
     const int64_t bottom = top + width;
@@ -63,11 +65,39 @@ struct Corners {
     v11 = (pt.row1_in && pt.col1_in) ? static_cast<acc_t>(value_level[(bottom + 1) * pixel_stride]) : acc_t(0);
   }
 
-  __device__ __forceinline__ acc_t interpolate(const BilinearPoint<acc_t>& pt) const {
+  __host__ __device__ __forceinline__ acc_t interpolate(const BilinearPoint<acc_t>& pt) const {
     const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
     return up * (left * v00 + pt.frac_col * v01) + pt.frac_row * (left * v10 + pt.frac_col * v11);
   }
 };
+
+// Output element idx = (b, q, m, d) flattened: sum over levels and points of weight * bilinear sample.
+template <typename scalar_t, typename acc_t>
+__host__ __device__ __forceinline__ acc_t attend_element(
+    const scalar_t* value, const int64_t* spatial_shapes, const int64_t* level_start_index,
+    const acc_t* sampling_locations, const acc_t* attention_weights, const Sizes& n, int64_t idx) {
+  const int64_t pixel_stride = n.heads * n.channels;
+  const int64_t d = idx % n.channels;
+  const int64_t bqm = idx / n.channels;
+  const int64_t m = bqm % n.heads;
+  const int64_t b = bqm / (n.queries * n.heads);
+  const scalar_t* value_bm = value + b * n.spatial * pixel_stride + m * n.channels + d;
+  const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
+  const acc_t* weights = attention_weights + bqm * n.levels * n.points;
+  acc_t acc = 0;
+  for (int64_t l = 0; l < n.levels; ++l) {
+    const int height = static_cast<int>(spatial_shapes[2 * l]);
+    const int width = static_cast<int>(spatial_shapes[2 * l + 1]);
+    const scalar_t* value_level = value_bm + level_start_index[l] * pixel_stride;
+    for (int64_t p = 0; p < n.points; ++p) {
+      const int64_t lp = l * n.points + p;
+      const BilinearPoint<acc_t> pt(locations[2 * lp], locations[2 * lp + 1], height, width);
+      const Corners<scalar_t, acc_t> corners(value_level, width, pixel_stride, pt);
+      acc += weights[lp] * corners.interpolate(pt);
+    }
+  }
+  return acc;
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void ms_deform_attn_forward_kernel(
@@ -79,31 +109,56 @@ __global__ void ms_deform_attn_forward_kernel(
     scalar_t* __restrict__ output,                  // [B, Q, M * D]
     Sizes n) {
   const int64_t total = n.batch * n.queries * n.heads * n.channels;
-  const int64_t pixel_stride = n.heads * n.channels;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d = idx % n.channels;
-    const int64_t bqm = idx / n.channels;
-    const int64_t m = bqm % n.heads;
-    const int64_t b = bqm / (n.queries * n.heads);
-    const scalar_t* value_bm = value + b * n.spatial * pixel_stride + m * n.channels + d;
-    const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
-    const acc_t* weights = attention_weights + bqm * n.levels * n.points;
-    acc_t acc = 0;
-    for (int64_t l = 0; l < n.levels; ++l) {
-      const int height = static_cast<int>(spatial_shapes[2 * l]);
-      const int width = static_cast<int>(spatial_shapes[2 * l + 1]);
-      const scalar_t* value_level = value_bm + level_start_index[l] * pixel_stride;
-      for (int64_t p = 0; p < n.points; ++p) {
-        const int64_t lp = l * n.points + p;
-        const BilinearPoint<acc_t> pt(locations[2 * lp], locations[2 * lp + 1], height, width);
-        const Corners<scalar_t, acc_t> corners(value_level, width, pixel_stride, pt);
-        acc += weights[lp] * corners.interpolate(pt);
-      }
-    }
-    output[idx] = static_cast<scalar_t>(acc);
+    output[idx] = static_cast<scalar_t>(
+        attend_element(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, n, idx));
   }
 }
+
+// Gradients of one output element's (grad_out) contribution through one sampling point.
+template <typename acc_t>
+struct PointGradients {
+  acc_t weight, x, y;  // d/d attention weight, d/d location x, d/d location y
+  acc_t sample;        // grad_out * attention weight: spread over the 4 corners of the value map
+};
+
+template <typename scalar_t, typename acc_t>
+__host__ __device__ __forceinline__ PointGradients<acc_t> point_gradients(
+    const Corners<scalar_t, acc_t>& c, const BilinearPoint<acc_t>& pt, acc_t grad_out, acc_t weight, int height,
+    int width) {
+  const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
+  // d out / d (fractional row, col), scaled by d (row, col) / d (y, x) = (H, W)
+  const acc_t d_col = up * (c.v01 - c.v00) + pt.frac_row * (c.v11 - c.v10);
+  const acc_t d_row = left * (c.v10 - c.v00) + pt.frac_col * (c.v11 - c.v01);
+  return {grad_out * c.interpolate(pt), grad_out * weight * width * d_col, grad_out * weight * height * d_row,
+          grad_out * weight};
+}
+
+// Adds `sample` times each corner's bilinear weight into grad_level (the value gradient of one level at
+// (pixel 0, m, d)); `add` is atomicAdd on the GPU and += on the host.
+#pragma nv_exec_check_disable
+template <typename acc_t, typename Add>
+__host__ __device__ __forceinline__ void scatter_to_corners(acc_t* grad_level, int width, int64_t pixel_stride,
+                                                            const BilinearPoint<acc_t>& pt, acc_t sample, Add add) {
+  const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
+  const int64_t top = static_cast<int64_t>(pt.row0) * width + pt.col0;
+  const int64_t bottom = top + width;
+  if (pt.row0_in && pt.col0_in) add(grad_level + top * pixel_stride, sample * up * left);
+  if (pt.row0_in && pt.col1_in) add(grad_level + (top + 1) * pixel_stride, sample * up * pt.frac_col);
+  if (pt.row1_in && pt.col0_in) add(grad_level + bottom * pixel_stride, sample * pt.frac_row * left);
+  if (pt.row1_in && pt.col1_in) add(grad_level + (bottom + 1) * pixel_stride, sample * pt.frac_row * pt.frac_col);
+}
+
+struct AtomicAdd {
+  template <typename acc_t>
+  __device__ __forceinline__ void operator()(acc_t* address, acc_t v) const { atomicAdd(address, v); }
+};
+
+struct PlainAdd {
+  template <typename acc_t>
+  __host__ __forceinline__ void operator()(acc_t* address, acc_t v) const { *address += v; }
+};
 
 // Sum `v` over aligned groups of `group` lanes (a power of two dividing 32); every lane of the warp calls it.
 template <typename acc_t>
@@ -116,7 +171,7 @@ __device__ __forceinline__ acc_t group_sum(acc_t v, int group) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void ms_deform_attn_backward_kernel(
-    const scalar_t* __restrict__ grad_output,       // [B, Q, M, D]
+    const scalar_t* __restrict__ grad_output,       // [B, Q, M * D]
     const scalar_t* __restrict__ value,             // [B, S, M, D]
     const int64_t* __restrict__ spatial_shapes,     // [L, 2]
     const int64_t* __restrict__ level_start_index,  // [L]
@@ -154,29 +209,13 @@ __global__ void ms_deform_attn_backward_kernel(
         const int64_t lp = l * n.points + p;
         const BilinearPoint<acc_t> pt(locations[2 * lp], locations[2 * lp + 1], height, width);
         const Corners<scalar_t, acc_t> c(value_bm + level_offset, width, pixel_stride, pt);
-        const acc_t weight = weights[lp];
-        const acc_t up = acc_t(1) - pt.frac_row, left = acc_t(1) - pt.frac_col;
-
-        // d out / d weight, and d out / d (fractional row, col) scaled by d (row, col) / d (y, x) = (H, W).
-        acc_t grad_weight = grad_out * c.interpolate(pt);
-        acc_t grad_x = grad_out * weight * width * (up * (c.v01 - c.v00) + pt.frac_row * (c.v11 - c.v10));
-        acc_t grad_y = grad_out * weight * height * (left * (c.v10 - c.v00) + pt.frac_col * (c.v11 - c.v01));
-
-        const acc_t grad_sample = grad_out * weight;
-        if (active && grad_sample != acc_t(0)) {
-          acc_t* g = grad_value_bm + level_offset;
-          const int64_t top = static_cast<int64_t>(pt.row0) * width + pt.col0;
-          const int64_t bottom = top + width;
-          if (pt.row0_in && pt.col0_in) atomicAdd(g + top * pixel_stride, grad_sample * up * left);
-          if (pt.row0_in && pt.col1_in) atomicAdd(g + (top + 1) * pixel_stride, grad_sample * up * pt.frac_col);
-          if (pt.row1_in && pt.col0_in) atomicAdd(g + bottom * pixel_stride, grad_sample * pt.frac_row * left);
-          if (pt.row1_in && pt.col1_in)
-            atomicAdd(g + (bottom + 1) * pixel_stride, grad_sample * pt.frac_row * pt.frac_col);
+        const PointGradients<acc_t> g = point_gradients(c, pt, grad_out, weights[lp], height, width);
+        if (active && g.sample != acc_t(0)) {
+          scatter_to_corners(grad_value_bm + level_offset, width, pixel_stride, pt, g.sample, AtomicAdd{});
         }
-
-        grad_weight = group_sum(grad_weight, group);
-        grad_x = group_sum(grad_x, group);
-        grad_y = group_sum(grad_y, group);
+        const acc_t grad_weight = group_sum(g.weight, group);
+        const acc_t grad_x = group_sum(g.x, group);
+        const acc_t grad_y = group_sum(g.y, group);
         if (group_leader) {
           const int64_t point = bqm * n.levels * n.points + lp;
           atomicAdd(grad_attention_weights + point, grad_weight);
@@ -203,6 +242,81 @@ int blocks_for(int64_t total) {
 }
 
 }  // namespace
+
+void run_ms_deform_attn_forward_on_host(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& output) {
+  const Sizes n = sizes_of(value, sampling_locations);
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
+                                  "ms_deform_attn_forward_host", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const scalar_t* v = value.const_data_ptr<scalar_t>();
+    const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
+    const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
+    const acc_t* locations = sampling_locations.const_data_ptr<acc_t>();
+    const acc_t* weights = attention_weights.const_data_ptr<acc_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    for (int64_t idx = 0; idx < total; ++idx) {
+      out[idx] = static_cast<scalar_t>(attend_element(v, shapes, starts, locations, weights, n, idx));
+    }
+  });
+}
+
+void run_ms_deform_attn_backward_on_host(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& grad_value,
+    at::Tensor& grad_sampling_locations,
+    at::Tensor& grad_attention_weights) {
+  const Sizes n = sizes_of(value, sampling_locations);
+  const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  const int64_t pixel_stride = n.heads * n.channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
+                                  "ms_deform_attn_backward_host", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* v = value.const_data_ptr<scalar_t>();
+    const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
+    const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
+    const acc_t* locations = sampling_locations.const_data_ptr<acc_t>();
+    const acc_t* weights = attention_weights.const_data_ptr<acc_t>();
+    acc_t* grad_v = grad_value.mutable_data_ptr<acc_t>();
+    acc_t* grad_loc = grad_sampling_locations.mutable_data_ptr<acc_t>();
+    acc_t* grad_w = grad_attention_weights.mutable_data_ptr<acc_t>();
+    for (int64_t idx = 0; idx < total; ++idx) {
+      const int64_t d = idx % n.channels;
+      const int64_t bqm = idx / n.channels;
+      const int64_t m = bqm % n.heads;
+      const int64_t b = bqm / (n.queries * n.heads);
+      const int64_t value_offset = b * n.spatial * pixel_stride + m * n.channels + d;
+      for (int64_t l = 0; l < n.levels; ++l) {
+        const int height = static_cast<int>(shapes[2 * l]);
+        const int width = static_cast<int>(shapes[2 * l + 1]);
+        const int64_t level_offset = starts[l] * pixel_stride;
+        for (int64_t p = 0; p < n.points; ++p) {
+          const int64_t point = bqm * n.levels * n.points + l * n.points + p;
+          const BilinearPoint<acc_t> pt(locations[2 * point], locations[2 * point + 1], height, width);
+          const Corners<scalar_t, acc_t> c(v + value_offset + level_offset, width, pixel_stride, pt);
+          const PointGradients<acc_t> g =
+              point_gradients(c, pt, static_cast<acc_t>(grad_out[idx]), weights[point], height, width);
+          scatter_to_corners(grad_v + value_offset + level_offset, width, pixel_stride, pt, g.sample, PlainAdd{});
+          grad_w[point] += g.weight;
+          grad_loc[2 * point] += g.x;
+          grad_loc[2 * point + 1] += g.y;
+        }
+      }
+    }
+  });
+}
 
 void launch_ms_deform_attn_forward(
     const at::Tensor& value,

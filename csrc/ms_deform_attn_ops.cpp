@@ -3,14 +3,16 @@
 //                                 attention_weights) -> Tensor [B, Q, M * D]
 //   grounding_ops::ms_deform_attn_backward(grad_output, <same inputs>) -> (grad_value,
 //                                 grad_sampling_locations, grad_attention_weights)
-// with CUDA kernels. Autograd and the fake (shape-only) kernels are registered from Python
-// (grounding/ops/cuda_extension.py) so torch.compile can trace the op.
+// with CUDA kernels, and for CPU tensors the kernels' per-element code looped on the host (a slow reference
+// for tests; the model's CPU path is grounding/ops/ms_deform_attn_torch.py). Autograd and the fake
+// (shape-only) kernels are registered from Python (grounding/ops/cuda_extension.py) so torch.compile can
+// trace the op.
 #include "ms_deform_attn.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 namespace grounding_ops {
@@ -24,7 +26,6 @@ void check_inputs(
     const at::Tensor& attention_weights) {
   const at::Tensor* all[] = {&value, &spatial_shapes, &level_start_index, &sampling_locations, &attention_weights};
   for (const at::Tensor* t : all) {
-    TORCH_CHECK(t->is_cuda(), "ms_deform_attn: all inputs must be CUDA tensors");
     TORCH_CHECK(t->device() == value.device(), "ms_deform_attn: all inputs must be on ", value.device());
   }
   TORCH_CHECK(value.dim() == 4, "ms_deform_attn: value must be [B, S, M, D], got ", value.sizes());
@@ -60,7 +61,7 @@ at::Tensor ms_deform_attn_forward(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  const c10::cuda::CUDAGuard device_guard(value.device());
+  const c10::DeviceGuard device_guard(value.device());
   const at::ScalarType acc = accumulation_type(value);
   const at::Tensor value_c = value.contiguous();
   const at::Tensor locations_c = sampling_locations.to(acc).contiguous();
@@ -68,8 +69,8 @@ at::Tensor ms_deform_attn_forward(
   // [B, Q, M * D]: the same memory layout as [B, Q, M, D], which the kernel indexes
   at::Tensor output = at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)},
                                 value.options());
-  launch_ms_deform_attn_forward(value_c, spatial_shapes.contiguous(), level_start_index.contiguous(),
-                                locations_c, weights_c, output);
+  const auto run = value.is_cuda() ? launch_ms_deform_attn_forward : run_ms_deform_attn_forward_on_host;
+  run(value_c, spatial_shapes.contiguous(), level_start_index.contiguous(), locations_c, weights_c, output);
   return output;
 }
 
@@ -81,21 +82,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(grad_output.is_cuda() && grad_output.device() == value.device(),
+  TORCH_CHECK(grad_output.device() == value.device(),
               "ms_deform_attn_backward: grad_output must be on ", value.device());
   TORCH_CHECK(grad_output.numel() == sampling_locations.size(0) * sampling_locations.size(1) *
                                          value.size(2) * value.size(3),
               "ms_deform_attn_backward: grad_output must be [B, Q, M * D], got ", grad_output.sizes());
-  const c10::cuda::CUDAGuard device_guard(value.device());
+  const c10::DeviceGuard device_guard(value.device());
   const at::ScalarType acc = accumulation_type(value);
   const at::TensorOptions acc_options = value.options().dtype(acc);
   at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
   at::Tensor grad_locations = at::zeros(sampling_locations.sizes(), acc_options);
   at::Tensor grad_weights = at::zeros(attention_weights.sizes(), acc_options);
-  launch_ms_deform_attn_backward(grad_output.to(value.scalar_type()).contiguous(), value.contiguous(),
-                                 spatial_shapes.contiguous(), level_start_index.contiguous(),
-                                 sampling_locations.to(acc).contiguous(), attention_weights.to(acc).contiguous(),
-                                 grad_value, grad_locations, grad_weights);
+  const auto run = value.is_cuda() ? launch_ms_deform_attn_backward : run_ms_deform_attn_backward_on_host;
+  run(grad_output.to(value.scalar_type()).contiguous(), value.contiguous(), spatial_shapes.contiguous(),
+      level_start_index.contiguous(), sampling_locations.to(acc).contiguous(), attention_weights.to(acc).contiguous(),
+      grad_value, grad_locations, grad_weights);
   return {grad_value.to(value.scalar_type()), grad_locations.to(sampling_locations.scalar_type()),
           grad_weights.to(attention_weights.scalar_type())};
 }
@@ -113,6 +114,11 @@ TORCH_LIBRARY(grounding_ops, m) {
 }
 
 TORCH_LIBRARY_IMPL(grounding_ops, CUDA, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_forward);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward);
+}
+
+TORCH_LIBRARY_IMPL(grounding_ops, CPU, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_forward);
   m.impl("ms_deform_attn_backward", &ms_deform_attn_backward);
 }
