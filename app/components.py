@@ -18,13 +18,12 @@ from gradio.data_classes import ImageData
 
 
 class ImageUpload(gr.Image):
-    """`gr.Image` input that passes the uploaded file's path on unopened (type is always "filepath")."""
+    """`gr.Image` input that passes the uploaded file's path on unopened (whatever `type` says).
+
+    No `__init__` of its own: Gradio builds the page config from the signature of `gr.Image.__init__`.
+    """
 
     is_template = True
-
-    def __init__(self, **kwargs) -> None:
-        kwargs["type"] = "filepath"
-        super().__init__(**kwargs)
 
     def preprocess(self, payload: ImageData | None) -> str | None:
         if payload is None:

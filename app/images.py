@@ -10,6 +10,7 @@ import os
 import threading
 from collections import OrderedDict
 
+from grounding.errors import InvalidImageError
 from grounding.images import ImageLimits, LoadedImage, load_image
 
 STUDIO_LIMITS = ImageLimits(max_side=2048)
@@ -31,15 +32,23 @@ class ImageLoader:
         except OSError:
             stat = None
         if stat is None:  # let load_image say what is wrong with it
-            return load_image(path or None, self.limits)
+            return self._load(path)
         key = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        loaded = load_image(os.fspath(path), self.limits)
+        loaded = self._load(path)
         with self._lock:
             self._entries[key] = loaded
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return loaded
+
+    def _load(self, path: str | os.PathLike | None) -> LoadedImage:
+        """`load_image`, with the server-side upload path in messages replaced by what the user knows."""
+        try:
+            return load_image(os.fspath(path) if path else None, self.limits)
+        except InvalidImageError as error:
+            message = str(error).replace(os.fspath(path), "The uploaded file") if path else str(error)
+            raise InvalidImageError(message) from error

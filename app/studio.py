@@ -144,7 +144,7 @@ class Studio:
         width, height = loaded.size
         done = ", ".join(f"{name} {'(cached)' if hit else ''}".strip() for name, hit in hits.items())
         notes = "".join(f"  \n↳ {note}" for note in loaded.notes)
-        return f"🖼 {width}×{height} · image encoded in {elapsed:.2f} s ({done}){notes}"
+        return f"{width}×{height} px · image encoded in {elapsed:.2f} s ({done}){notes}"
 
     @user_errors
     def segment(

@@ -59,7 +59,7 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=320):
                 image = ImageUpload(
-                    label="Image", sources=["upload", "webcam", "clipboard"], height=400, elem_id="input-image"
+                    type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=400, elem_id="input-image"
                 )
                 image_info = gr.Markdown(label="Image info", elem_id="image-info")
                 prompt = gr.Textbox(
@@ -101,7 +101,7 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
                 )
                 legend = gr.HTML(label="Legend", elem_id="legend")
                 timings = gr.Markdown(label="Timings", elem_id="timings")
-                download = gr.File(label="Export (zip)", interactive=False, elem_id="download")
+                download = gr.File(label="Export (zip)", interactive=False, height=90, elem_id="download")
         table = gr.Dataframe(
             headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="detections",
             datatype=["number", "str", "number", "number", "number", "number", "number", "number"],

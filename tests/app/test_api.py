@@ -96,7 +96,7 @@ def test_segment_outputs(first_run):
 
 
 def test_slider_moves_refilter_from_cache_without_models_under_50ms(client, scene, first_run):
-    _, (*_, summary) = first_run
+    summary = first_run[1][3]
     counts, server_ms = [], []
     for box, nms in [(0.35, 1.0), (0.5, 1.0), (0.35, 0.3), (0.35, 0.0), (0.6, 0.5), (0.35, 1.0)]:
         *_, result, _ = call(client, "/refilter", scene, box=box, nms=nms)
@@ -111,7 +111,7 @@ def test_slider_moves_refilter_from_cache_without_models_under_50ms(client, scen
 
 
 def test_export_zip_holds_masks_and_coco(client, scene, first_run):
-    _, (*_, summary) = first_run
+    summary = first_run[1][3]
     path = call(client, "/export", scene)
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
@@ -166,11 +166,12 @@ def bad_files(tmp_path_factory, scene) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name, words",
-    [("corrupt", "not an image"), ("truncated", "truncated"), ("bomb", "megapixels"), ("one_pixel", "1x1")],
+    [("corrupt", "not an image"), ("truncated", "truncated"), ("bomb", "decompression bomb"), ("one_pixel", "1x1")],
 )
 def test_bad_image_files_get_a_clear_message(client, bad_files, name, words):
     for endpoint in ("/segment", "/refilter", "/export"):
-        assert words in app_error(client, endpoint, bad_files[name])
+        message = app_error(client, endpoint, bad_files[name])
+        assert words in message and str(bad_files[name].parent) not in message and "/tmp/" not in message
 
 
 def test_missing_image(client):
@@ -197,7 +198,8 @@ def test_bad_prompt_and_thresholds(client, scene, first_run, kwargs, words):
 
 def test_slider_event_with_nothing_to_refilter_is_quiet(client, scene):
     outputs = call(client, "/refilter", scene, prompt="")
-    assert all(value is None for value in outputs)
+    # Every output comes back as a no-change update (gr.skip), not an error toast on each slider move.
+    assert all(isinstance(value, dict) and "value" not in value for value in outputs), outputs
 
 
 # ---- unusual but valid images: converted, rotated or downscaled, and said so --------------------------

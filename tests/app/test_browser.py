@@ -1,0 +1,107 @@
+"""A real headless Chromium (Debian's, driven by Playwright's Python package) using the launched studio:
+upload an image, type a prompt, run, move a slider, read the result, take a screenshot."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+def chromium_path() -> str | None:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but Debian's chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); set REQUIRE_BROWSER=1 to make this fail")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def object_count(page) -> int:
+    text = page.locator("#legend").inner_text()
+    return int(re.search(r"(\d+) objects?", text).group(1))
+
+
+def table_rows(page, expected: int) -> None:
+    """Wait until the detections table holds `expected` rows (the grid's aria-rowcount counts the header)."""
+    page.wait_for_function(
+        "n => document.querySelector('#detections [role=grid]')?.getAttribute('aria-rowcount') == String(n + 1)",
+        arg=expected,
+    )
+
+
+def test_upload_prompt_run_slider_screenshot(browser, studio_url, tmp_path):
+    image_path = tmp_path / "street.png"
+    picture = Image.new("RGB", (480, 360), (150, 200, 240))
+    picture.paste((190, 80, 60), (60, 150, 220, 330))
+    picture.paste((40, 130, 50), (300, 90, 420, 300))
+    picture.save(image_path)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.set_default_timeout(120_000)  # a loaded CI box runs the tiny models slowly
+    page.goto(studio_url)
+    page.locator("#input-image input[type=file]").set_input_files(str(image_path))
+    page.locator("#image-info").get_by_text("image encoded").wait_for()
+    assert "480×360" in page.locator("#image-info").inner_text()
+
+    page.locator("#prompt textarea").fill("house . tree . sky")
+    page.locator("#run").click()
+    page.locator("#legend").get_by_text(re.compile(r"\d+ objects?")).wait_for()
+    before = object_count(page)
+    assert before > 1
+    table_rows(page, before)
+    assert re.search(r"house|tree|sky", page.locator("#detections [role=row]").nth(1).inner_text())
+    assert "cache hits" in page.locator("#timings").inner_text()
+
+    # NMS IoU slider to 0 with the keyboard: a user input event, served from the cache.
+    slider = page.locator("#nms-iou input[type=range]")
+    slider.focus()
+    slider.press("Home")
+    page.wait_for_function(
+        "n => { const m = document.querySelector('#legend').innerText.match(/(\\d+) objects?/);"
+        " return m && Number(m[1]) < n; }",
+        arg=before,
+    )
+    after = object_count(page)
+    assert 0 < after < before
+    table_rows(page, after)
+    timings = page.locator("#timings").inner_text()
+    assert "raw detections ✓" in timings and "masks ✓" in timings
+
+    result_src = page.locator("#result-image img").get_attribute("src")
+    assert result_src and ("annotated" in result_src or result_src.startswith("data:"))
+    shot = Path(os.environ.get("STUDIO_SCREENSHOT", tmp_path / "studio.png"))
+    page.screenshot(path=str(shot), full_page=True)
+    assert Image.open(shot).size[0] == 1400
+    page.close()
+
+
+def test_page_without_weights_says_what_to_do(browser, servers):
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(servers["no_weights"].url)
+    banner = page.locator("#weights-banner")
+    banner.get_by_text("Model weights are not available").wait_for()
+    assert "What to do" in banner.inner_text() and "--detector" in banner.inner_text()
+    page.close()
