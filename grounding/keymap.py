@@ -12,8 +12,8 @@ version renames on load. Aliases of the shared decoder box head (`bbox_embed.{i}
 that `save_pretrained` leaves out (it stores the shared head once, as `bbox_embed.0`).
 
 Dropped, because they are recomputed or unused: Swin `relative_position_index`, BERT `position_ids` and
-`pooler.*`, and transformers' final `swin.layernorm` (its SwinBackbone never applies it). Keys no rule
-knows are passed through unchanged, so a loader can report them as unexpected.
+`token_type_ids` (buffers) and `pooler.*`, and transformers' final `swin.layernorm` (its SwinBackbone never
+applies it). Keys no rule knows are passed through unchanged, so a loader can report them as unexpected.
 
 `hf_config(cfg)` builds the equivalent `transformers.GroundingDinoConfig` (tests, checkpoint export).
 """
@@ -105,10 +105,10 @@ _FUSED: list[tuple[str, str]] = [
     ("transformer.decoder.layers.{i}.ca_text.in_proj_{p}", "model.decoder.layers.{i}.encoder_attn_text.{part}.{p}"),
 ]
 
-_OFFICIAL_IGNORED = re.compile(r"(.*\.relative_position_index$|bert\.embeddings\.position_ids$|bert\.pooler\.)")
+_OFFICIAL_IGNORED = re.compile(r"(.*\.relative_position_index$|bert\.embeddings\.(position|token_type)_ids$|bert\.pooler\.)")
 _HF_IGNORED = re.compile(
-    r"(.*\.relative_position_index$|model\.text_backbone\.embeddings\.position_ids$|model\.text_backbone\.pooler\."
-    r"|.*conv_encoder\.model\.(swin\.)?layernorm\.)"
+    r"(.*\.relative_position_index$|model\.text_backbone\.embeddings\.(position|token_type)_ids$"
+    r"|model\.text_backbone\.pooler\.|.*conv_encoder\.model\.(swin\.)?layernorm\.)"
 )
 
 # transformers >= 5 module names of the Swin backbone -> file names.

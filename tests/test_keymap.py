@@ -77,10 +77,12 @@ def test_ignored_and_unknown_keys():
     model = tiny_model()
     official = official_state_dict(model)  # carries relative_position_index like the released files
     official["bert.embeddings.position_ids"] = torch.arange(512)[None]
+    official["bert.embeddings.token_type_ids"] = torch.zeros(1, 512, dtype=torch.long)
     official["bert.pooler.dense.weight"] = torch.zeros(2, 2)
     official["something.else"] = torch.zeros(1)
     hf = official_to_hf(official)
-    assert not any("relative_position_index" in k or "position_ids" in k or "pooler" in k for k in hf)
+    assert not any(("relative_position_index" in k or "position_ids" in k or "token_type_ids" in k
+                    or "pooler" in k) for k in hf)
     assert "something.else" in hf  # passed through: the loader reports it as unexpected
 
     with pytest.raises(ValueError, match="query/key/value"):
