@@ -98,14 +98,17 @@ _RENAMES: list[tuple[str, str]] = [
 
 # Fused q/k/v projections: official key (with `{p}` = weight|bias) <-> three HF keys (`{part}` = query|key|value).
 _FUSED: list[tuple[str, str]] = [
-    ("backbone.0.layers.{s}.blocks.{b}.attn.qkv.{p}", _SWIN + "encoder.layers.{s}.blocks.{b}.attention.self.{part}.{p}"),
+    ("backbone.0.layers.{s}.blocks.{b}.attn.qkv.{p}",
+     _SWIN + "encoder.layers.{s}.blocks.{b}.attention.self.{part}.{p}"),
     ("transformer.encoder.text_layers.{i}.self_attn.in_proj_{p}",
      "model.encoder.layers.{i}.text_enhancer_layer.self_attn.{part}.{p}"),
     ("transformer.decoder.layers.{i}.self_attn.in_proj_{p}", "model.decoder.layers.{i}.self_attn.{part}.{p}"),
     ("transformer.decoder.layers.{i}.ca_text.in_proj_{p}", "model.decoder.layers.{i}.encoder_attn_text.{part}.{p}"),
 ]
 
-_OFFICIAL_IGNORED = re.compile(r"(.*\.relative_position_index$|bert\.embeddings\.(position|token_type)_ids$|bert\.pooler\.)")
+_OFFICIAL_IGNORED = re.compile(
+    r"(.*\.relative_position_index$|bert\.embeddings\.(position|token_type)_ids$|bert\.pooler\.)"
+)
 _HF_IGNORED = re.compile(
     r"(.*\.relative_position_index$|model\.text_backbone\.embeddings\.(position|token_type)_ids$"
     r"|model\.text_backbone\.pooler\.|.*conv_encoder\.model\.(swin\.)?layernorm\.)"

@@ -66,9 +66,12 @@ def test_qkv_split_order_and_renames():
     for i, part in enumerate(["query", "key", "value"]):
         assert torch.equal(hf[prefix + part + ".weight"], qkv[i * dim:(i + 1) * dim])
     in_proj = ours["transformer.encoder.text_layers.0.self_attn.in_proj_bias"]
-    assert torch.equal(hf["model.encoder.layers.0.text_enhancer_layer.self_attn.value.bias"], in_proj[-in_proj.shape[0] // 3:])
-    assert torch.equal(hf["model.encoder.layers.1.fusion_layer.vision_param"], ours["transformer.encoder.fusion_layers.1.gamma_v"])
-    assert torch.equal(hf["model.backbone.conv_encoder.model.hidden_states_norms.stage2.weight"], ours["backbone.0.norm1.weight"])
+    value_bias = hf["model.encoder.layers.0.text_enhancer_layer.self_attn.value.bias"]
+    assert torch.equal(value_bias, in_proj[-in_proj.shape[0] // 3:])
+    assert torch.equal(hf["model.encoder.layers.1.fusion_layer.vision_param"],
+                       ours["transformer.encoder.fusion_layers.1.gamma_v"])
+    assert torch.equal(hf["model.backbone.conv_encoder.model.hidden_states_norms.stage2.weight"],
+                       ours["backbone.0.norm1.weight"])
     assert torch.equal(hf["model.backbone.conv_encoder.model.encoder.layers.2.downsample.reduction.weight"],
                        ours["backbone.0.layers.2.downsample.reduction.weight"])
 

@@ -10,8 +10,9 @@ different numbers whenever a stage map is not a multiple of the window (at 800x1
 stage), so timm cannot reproduce the checkpoints' behaviour. Measured with the same random Swin-T weights
 (timm 1.0.31, `strict_img_size=False, dynamic_img_size=True, always_partition=True`, merging keys moved one
 stage on): 0 difference at 224x224, but max abs 1.6 at 224x320 and 1.9 at 800x1200 on the stage outputs.
-timm also puts patch merging at the start of the next stage, which would need a key remap on every load. transformers' `SwinBackbone` is numerically
-the official algorithm (it runs with `always_partition=True`), and the tests compare against it.
+timm also puts patch merging at the start of the next stage, which would need a key remap on every load.
+transformers' `SwinBackbone` is numerically the official algorithm (it runs with `always_partition=True`), and
+the tests compare against it.
 
 Semantics (from the official code): the input is zero-padded to a multiple of the patch size; each block
 LayerNorms, zero-pads to a multiple of the window, rolls by window//2 on odd blocks, attends inside windows
