@@ -87,17 +87,17 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def servers(tiny_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AppServer]]:
-    """Both studios, started together: "tiny" (weights by flags) and "no_weights" (defaults, offline)."""
+def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AppServer]]:
+    """Both studios: "no_weights" (defaults, offline) starts first and imports while the tiny weights are
+    written; then "tiny" (weights passed by flags)."""
     tmp = tmp_path_factory.mktemp("servers")
-    started = {
-        "tiny": AppServer(
-            ["--detector", str(tiny_weights["detector"]), "--sam", str(tiny_weights["sam"])],
-            offline_env(tmp / "tiny"), tmp / "tiny.log",
-        ),
-        "no_weights": AppServer([], offline_env(tmp / "none"), tmp / "none.log"),
-    }
+    started = {"no_weights": AppServer([], offline_env(tmp / "none"), tmp / "none.log")}
     try:
+        weights = request.getfixturevalue("tiny_weights")
+        started["tiny"] = AppServer(
+            ["--detector", str(weights["detector"]), "--sam", str(weights["sam"])],
+            offline_env(tmp / "tiny"), tmp / "tiny.log",
+        )
         for server in started.values():
             server.wait_ready()
         yield started
