@@ -5,7 +5,8 @@ Rules (reference `groundingdino/util/inference.py` and transformers'
 - score of a query = max token probability over the caption's tokens; keep the query iff score > box_threshold;
 - boxes: cxcywh in [0, 1] of the unpadded image -> xyxy pixels of the original image.
 
-Where we deliberately differ (documented in tests/text/test_postprocess.py against transformers):
+Where we deliberately differ (checked against transformers in tests/text/test_postprocess.py and, for the
+whole detector, tests/detector/test_against_transformers.py):
 - the label comes from ONE phrase: the phrase holding the query's best phrase token (the reference's
   `remove_combined=True` mode); transformers decodes every token above text_threshold, so two phrases
   merge into "glass oil" and separators leak into the label;
@@ -16,6 +17,7 @@ Where we deliberately differ (documented in tests/text/test_postprocess.py again
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from grounding.text import TokenizedCaption
 
 def check_threshold(value: float, name: str) -> float:
     """A threshold as float in [0, 1], else InvalidThresholdError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or not 0 <= value <= 1:
         raise InvalidThresholdError(f"{name} must be a number between 0 and 1, got {value!r}")
     return float(value)
 

@@ -76,6 +76,11 @@ def test_box_threshold_is_strict_and_detections_sorted(tokenizer):
     assert len(everything) == 3
 
 
+def test_numpy_thresholds_are_numbers():
+    assert check_threshold(np.float32(0.25), "box_threshold") == pytest.approx(0.25)
+    assert check_threshold(1, "box_threshold") == 1.0
+
+
 def test_boxes_are_clipped_to_the_original_image():
     boxes = torch.tensor([[0.05, 0.5, 0.3, 0.2], [0.9, 0.95, 0.4, 0.3]])
     pixels = boxes_to_pixels(boxes, (640, 480))
