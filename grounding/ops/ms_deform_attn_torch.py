@@ -53,8 +53,11 @@ def ms_deform_attn_torch(
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     table, starts = _padded_table(value, shapes)
     padded_size = table.shape[0] // (batch * heads)
-    # Index arithmetic runs in floating point (exact below 2**24 rows for float32), converted once at the end.
-    index_dtype = torch.float32 if table.shape[0] < 2**24 else torch.float64
+    # Coordinate and index arithmetic runs in floating point, at least float32 (row numbers are exact below
+    # 2**24 in float32, beyond that float64), converted to integers once.
+    index_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
+    if table.shape[0] >= 2**24:
+        index_dtype = torch.float64
     options = dict(dtype=index_dtype, device=value.device)
 
     def per_level(values: list[float]) -> torch.Tensor:  # [1, 1, 1, L, 1]
@@ -80,10 +83,8 @@ def ms_deform_attn_torch(
         stop = min(start + QUERY_CHUNK, queries)
         locations = sampling_locations[:, start:stop].to(index_dtype)
         # pixel coordinates clamped to [-1, size], [B, q, M, L, P] each
-        x = torch.addcmul(minus_half, locations[..., 0], widths)
-        x = torch.clamp(x, min=lowest, max=widths, out=x)
-        y = torch.addcmul(minus_half, locations[..., 1], heights)
-        y = torch.clamp(y, min=lowest, max=heights, out=y)
+        x = torch.addcmul(minus_half, locations[..., 0], widths).clamp_(min=lowest, max=widths)
+        y = torch.addcmul(minus_half, locations[..., 1], heights).clamp_(min=lowest, max=heights)
         x0, y0 = x.floor(), y.floor()
         fx, fy = (x - x0).to(value.dtype), (y - y0).to(value.dtype)
         top_left = torch.addcmul(origin + x0, y0, padded_widths).to(index_type)

@@ -294,19 +294,39 @@ def grid_sample_reference(value, shapes, sampling_locations, attention_weights):
     return out.view(batch, heads * dim, queries).transpose(1, 2)
 
 
-@pytest.mark.parametrize("batch,queries", [(1, 7), (2, 300)])
-def test_ms_deform_attn_torch_matches_grid_sample(batch, queries):
+def deform_inputs(batch: int, queries: int, dtype=torch.float32):
     generator = torch.Generator().manual_seed(10)
     heads, dim, points = 4, 8, 3
     n = sum(h * w for h, w in SHAPES)
-    value = torch.randn(batch, n, heads, dim, generator=generator)
+    value = torch.randn(batch, n, heads, dim, generator=generator, dtype=dtype)
     # locations spill outside [0, 1] so zero padding of out-of-range corners is exercised
-    locations = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=generator) * 1.4 - 0.2
-    weights = torch.rand(batch, queries, heads, len(SHAPES), points, generator=generator)
+    locations = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=generator, dtype=dtype)
+    locations = locations * 1.4 - 0.2
+    weights = torch.rand(batch, queries, heads, len(SHAPES), points, generator=generator, dtype=dtype)
     weights = weights / weights.sum((-1, -2), keepdim=True)
     shapes = torch.tensor(SHAPES)
     starts = torch.cat([torch.zeros(1, dtype=torch.long), shapes.prod(1).cumsum(0)[:-1]])
+    return value, shapes, starts, locations, weights
+
+
+@pytest.mark.parametrize("batch,queries", [(1, 7), (2, 300)])
+def test_ms_deform_attn_torch_matches_grid_sample(batch, queries, monkeypatch):
+    monkeypatch.setattr("grounding.ops.ms_deform_attn_torch.QUERY_CHUNK", 128)  # several chunks
+    value, shapes, starts, locations, weights = deform_inputs(batch, queries)
     ours = ms_deform_attn_torch(value, shapes, starts, locations, weights)
     ref = grid_sample_reference(value, SHAPES, locations, weights)
-    assert ours.shape == (batch, queries, heads * dim)
+    assert ours.shape == (batch, queries, value.shape[2] * value.shape[3])
     assert (ours - ref).abs().max() < 1e-5
+
+
+def test_ms_deform_attn_torch_gradients_match_grid_sample():
+    inputs = deform_inputs(2, 50, dtype=torch.float64)
+    value, shapes, starts, locations, weights = inputs
+    grads = []
+    for fn in (lambda v, l, w: ms_deform_attn_torch(v, shapes, starts, l, w),
+               lambda v, l, w: grid_sample_reference(v, SHAPES, l, w)):
+        leaves = [t.clone().requires_grad_() for t in (value, locations, weights)]
+        fn(*leaves).pow(2).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for ours, ref in zip(*grads):
+        assert (ours - ref).abs().max() < 1e-8
