@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -96,9 +97,7 @@ class OutputFiles:
         with self._lock:
             self._files.append(path)
             while len(self._files) > self.max_files:
-                old = self._files.popleft()
-                old.unlink(missing_ok=True)
-                old.parent.rmdir()
+                shutil.rmtree(self._files.popleft().parent, ignore_errors=True)
         return path
 
 
