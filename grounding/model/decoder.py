@@ -90,7 +90,7 @@ class DecoderLayer(nn.Module):
         attended = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
                                    memory_padding)
         tgt = self.norm1(tgt + attended)
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
 
 
 class Decoder(nn.Module):

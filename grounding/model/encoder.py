@@ -61,7 +61,7 @@ class MultiScaleDeformableAttention(nn.Module):
         batch, num_queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(value)
-        if value_padding is not None:
+        if value_padding is not None and value_padding.any():
             value = value.masked_fill(value_padding[..., None], 0.0)
         value = value.view(batch, value.shape[1], heads, -1)  # [B, S, M, D]
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
@@ -97,7 +97,7 @@ class DeformableEncoderLayer(nn.Module):
                 level_start_index: Tensor, padding: Tensor | None) -> Tensor:  # [B, N, d]
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding)
         src = self.norm1(src + attended)
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class TextEnhancerLayer(nn.Module):
@@ -119,7 +119,7 @@ class TextEnhancerLayer(nn.Module):
         query = text + pos
         attended = self.self_attn(query, query, text, attn_mask=attn_mask, need_weights=False)[0]
         text = self.norm1(text + attended)
-        return self.norm2(text + self.linear2(F.relu(self.linear1(text))))
+        return self.norm2(text + self.linear2(F.relu(self.linear1(text), inplace=True)))
 
 
 def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: Tensor) -> Tensor:
