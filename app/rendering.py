@@ -29,17 +29,22 @@ MASK_OPACITY = 0.45
 BGR_PALETTE = sv.ColorPalette([sv.Color(r=c.b, g=c.g, b=c.r) for c in sv.ColorPalette.DEFAULT.colors])
 
 
-def blend_masks(pixels: np.ndarray, masks: np.ndarray, colours: np.ndarray, opacity: float = MASK_OPACITY) -> np.ndarray:
+def blend_masks(
+    pixels: np.ndarray, masks: np.ndarray, colours: np.ndarray, opacity: float = MASK_OPACITY,
+    areas: list[int] | None = None,
+) -> np.ndarray:
     """Overlay masks [N, H, W] bool on pixels [H, W, 3] uint8 with colours [N, 3] uint8 RGB.
 
-    Where masks overlap, the smallest one is on top (it would be hidden otherwise). Returns a new array.
+    Where masks overlap, the smallest one is on top (it would be hidden otherwise); `areas` [N] are the
+    masks' pixel counts when the caller has them. Returns a new array.
     Every step is a contiguous whole-array operation (no per-mask boolean indexing).
     """
     count = len(masks)
     if count == 0:
         return pixels.copy()
     dtype = np.uint8 if count < 256 else np.uint16
-    areas = np.count_nonzero(masks.reshape(count, -1), axis=1)  # [N]
+    if areas is None:
+        areas = [int(np.count_nonzero(mask)) for mask in masks]  # per mask: ~10x faster than axis=1
     priority = np.empty(count, dtype)
     priority[np.argsort(areas, kind="stable")] = np.arange(count, 0, -1)  # smallest mask -> N, largest -> 1
     top = (masks.view(np.uint8).astype(dtype, copy=False) * priority[:, None, None]).max(axis=0)  # [H, W], 0 = none
@@ -52,7 +57,7 @@ def blend_masks(pixels: np.ndarray, masks: np.ndarray, colours: np.ndarray, opac
     return out
 
 
-def render(pixels: np.ndarray, result: GroundedResult) -> np.ndarray:
+def render(pixels: np.ndarray, result: GroundedResult, areas: list[int | None] | None = None) -> np.ndarray:
     """On-screen picture [h, w, 3] uint8 RGB: masks, boxes and "phrase 0.42" labels in class colours.
 
     Images with a side above `DISPLAY_MAX_SIDE` are drawn on a strided copy (every k-th pixel).
@@ -66,7 +71,7 @@ def render(pixels: np.ndarray, result: GroundedResult) -> np.ndarray:
     if result.masks is not None:
         rgb = np.array([c.as_rgb() for c in sv.ColorPalette.DEFAULT.colors], np.uint8)
         colours = rgb[detections.class_id % len(rgb)]
-        scene = blend_masks(scene, result.masks[:, ::stride, ::stride], colours)
+        scene = blend_masks(scene, result.masks[:, ::stride, ::stride], colours, areas=areas)
     else:
         scene = scene.copy()
     detections.mask = None  # drawn above
@@ -102,22 +107,24 @@ def mask_areas(result: GroundedResult) -> list[int | None]:
     """Pixels per mask, or None per detection when masks are off."""
     if result.masks is None:
         return [None] * len(result)
-    return [int(area) for area in result.masks.reshape(len(result), -1).sum(axis=1)]
+    return [int(np.count_nonzero(mask)) for mask in result.masks]  # per-mask: ~10x faster than axis=1
 
 
-def table_rows(result: GroundedResult) -> list[list[Any]]:
+def table_rows(result: GroundedResult, areas: list[int | None] | None = None) -> list[list[Any]]:
     """One row per detection in the pipeline's order (highest score first), columns `TABLE_HEADERS`."""
     rows = []
-    for index, (phrase, score, box, area) in enumerate(
-        zip(result.phrases, result.scores, result.boxes, mask_areas(result))
-    ):
+    areas = mask_areas(result) if areas is None else areas
+    for index, (phrase, score, box, area) in enumerate(zip(result.phrases, result.scores, result.boxes, areas)):
         x1, y1, x2, y2 = (round(float(v), 1) for v in box)
         rows.append([index, phrase, round(float(score), 3), x1, y1, x2, y2, "" if area is None else area])
     return rows
 
 
-def result_summary(result: GroundedResult, extra: dict[str, Any]) -> dict[str, Any]:
+def result_summary(
+    result: GroundedResult, extra: dict[str, Any], areas: list[int | None] | None = None
+) -> dict[str, Any]:
     """JSON-ready view of a result (boxes xyxy px, scores, phrases, mask areas) followed by `extra`."""
+    areas = mask_areas(result) if areas is None else areas
     return {
         "image_size": list(result.image_size),
         "original_size": list(result.original_size),
@@ -129,7 +136,7 @@ def result_summary(result: GroundedResult, extra: dict[str, Any]) -> dict[str, A
                 "box_xyxy": [round(float(v), 2) for v in box],
                 "mask_area": area,
             }
-            for phrase, score, box, area in zip(result.phrases, result.scores, result.boxes, mask_areas(result))
+            for phrase, score, box, area in zip(result.phrases, result.scores, result.boxes, areas)
         ],
         **extra,
     }

@@ -27,7 +27,9 @@ from PIL import Image
 
 from app.images import ImageLoader
 from app.models import PipelineRegistry
-from app.rendering import TABLE_HEADERS, legend_html, render, result_summary, table_rows, timings_markdown
+from app.rendering import (
+    TABLE_HEADERS, legend_html, mask_areas, render, result_summary, table_rows, timings_markdown,
+)
 from grounding.cache import image_key
 from grounding.errors import GroundingError, InvalidPromptError
 from grounding.export import annotate, write_bundle
@@ -161,7 +163,8 @@ class Studio:
         pipeline = self.registry.get(model)
         result, calls = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
         tick = time.perf_counter()
-        picture_path = self._write_picture(render(self._pixels(image), result))
+        areas = mask_areas(result)
+        picture_path = self._write_picture(render(self._pixels(image), result, areas))
         render_ms = (time.perf_counter() - tick) * 1000
         timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
         timings_ms["render"] = render_ms
@@ -175,8 +178,9 @@ class Studio:
                 "model_calls": calls,
                 "model": model_info,
             },
+            areas,
         )
-        table = {"headers": TABLE_HEADERS, "data": table_rows(result)}
+        table = {"headers": TABLE_HEADERS, "data": table_rows(result, areas)}
         return (
             str(picture_path),
             legend_html(result),
