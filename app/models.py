@@ -136,7 +136,7 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
             except GroundingError as error:
                 problems.append(f"SAM: {error} (or start with `--sam none` for boxes only)")
             if problems:
-                raise WeightsUnavailableError(" | ".join(problems))
+                raise WeightsUnavailableError("\n".join(problems))
             return GroundedSAM(detector, sam, caches=caches)
 
         return build

@@ -124,7 +124,10 @@ class Studio:
         problems = self.registry.load_all()
         if not problems:
             return ""
-        lines = [f"- **{name}**: {message}" for name, message in problems.items()]
+        lines = [
+            f"- **{name}**\n" + "\n".join(f"  - {line}" for line in message.splitlines())
+            for name, message in problems.items()
+        ]
         return (
             "### ⚠️ Model weights are not available\n"
             "The studio is running, but it cannot detect anything until the weights are found.\n\n"
