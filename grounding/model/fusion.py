@@ -37,6 +37,10 @@ class BiMultiHeadAttention(nn.Module):
         self.values_l_proj = nn.Linear(text_dim, embed_dim)
         self.out_v_proj = nn.Linear(embed_dim, vision_dim)
         self.out_l_proj = nn.Linear(embed_dim, text_dim)
+        for projection in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj, self.out_v_proj,
+                           self.out_l_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
 
     def _per_head_weight(self, linear: nn.Linear) -> Tensor:  # [H, hd, in]
         return linear.weight.view(self.num_heads, self.head_dim, -1)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from grounding.config import GroundingDINOConfig
 from grounding.model.decoder import MLP, Decoder, contrastive_logits, inverse_sigmoid
-from grounding.model.encoder import FeatureEnhancer
+from grounding.model.encoder import FeatureEnhancer, MultiScaleDeformableAttention
 from grounding.model.image_encoder import ImageFeatures, build_backbone, build_input_proj, encode_image_features
 from grounding.model.query_selection import select_queries
 from grounding.model.text_encoder import build_bert, run_bert, sub_sentence_masks
@@ -80,6 +80,19 @@ class GroundingTransformer(nn.Module):
         self.enc_output = nn.Linear(d, d)
         self.enc_output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.enc_out_bbox_embed = MLP(d, d, 4, 3)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init (used when training from scratch; checkpoints overwrite it): xavier for every
+        matrix, then the deformable attention's own init, normal level and content embeddings."""
+        for param in self.parameters():
+            if param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+        nn.init.normal_(self.tgt_embed.weight)
 
     def flatten(self, image: ImageFeatures) -> FlatImage:
         src, pos, padding, shapes = [], [], [], []
@@ -139,10 +152,17 @@ class GroundingDINO(nn.Module):
         self.config = config
         self.backbone = build_backbone(config)
         self.input_proj = build_input_proj(config)
+        for projection in self.input_proj:  # official init of the conv of every level
+            nn.init.xavier_uniform_(projection[0].weight)
+            nn.init.zeros_(projection[0].bias)
         self.bert = build_bert(config.text)
         self.feat_map = nn.Linear(config.text.hidden_size, config.d_model)
+        nn.init.xavier_uniform_(self.feat_map.weight)
+        nn.init.zeros_(self.feat_map.bias)
         self.transformer = GroundingTransformer(config)
         box_head = MLP(config.d_model, config.d_model, 4, 3)
+        nn.init.zeros_(box_head.layers[-1].weight)  # refinement starts as the identity (official init)
+        nn.init.zeros_(box_head.layers[-1].bias)
         self.bbox_embed = nn.ModuleList([box_head] * config.decoder_layers)  # one MLP shared by every layer
         self.transformer.decoder.bbox_embed = self.bbox_embed
 

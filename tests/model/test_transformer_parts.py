@@ -15,7 +15,12 @@ from transformers.models.grounding_dino import modeling_grounding_dino as hf
 
 from grounding.config import tiny
 from grounding.model.decoder import MLP, Decoder, contrastive_logits, inverse_sigmoid
-from grounding.model.encoder import FeatureEnhancer, TextEnhancerLayer, sine_embedding
+from grounding.model.encoder import (
+    FeatureEnhancer,
+    MultiScaleDeformableAttention,
+    TextEnhancerLayer,
+    sine_embedding,
+)
 from grounding.model.fusion import BiAttentionBlock
 from grounding.model.query_selection import encoder_output_proposals, select_queries
 from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch
@@ -330,3 +335,20 @@ def test_ms_deform_attn_torch_gradients_match_grid_sample():
         grads.append([t.grad for t in leaves])
     for ours, ref in zip(*grads):
         assert (ours - ref).abs().max() < 1e-8
+
+
+def test_official_init():
+    attention = MultiScaleDeformableAttention(d_model=32, num_heads=4, num_levels=2, num_points=3)
+    offsets = attention.sampling_offsets.bias.view(4, 2, 3, 2)
+    rays = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    for point in range(3):
+        assert torch.allclose(offsets[:, 1, point], rays * (point + 1), atol=1e-6)
+    assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
+
+    from grounding.model import GroundingDINO
+
+    model = GroundingDINO(CFG)
+    last = model.bbox_embed[0].layers[-1]
+    assert not last.weight.any() and not last.bias.any()
+    assert model.transformer.decoder.bbox_embed[-1] is model.bbox_embed[0]
+    assert model.transformer.level_embed.std() > 0.5  # normal(0, 1)
