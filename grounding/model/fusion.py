@@ -15,7 +15,6 @@ to float re-association:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOGIT_CLAMP = 50000.0

@@ -49,7 +49,7 @@ def ms_deform_attn_torch(
     attention_weights: torch.Tensor,  # [B, Q, M, L, P], softmaxed over L * P
 ) -> torch.Tensor:  # [B, Q, M * D]
     batch, _, heads, dim = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
+    _, queries, _, levels, _, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     table, starts = _padded_table(value, shapes)
     padded_size = table.shape[0] // (batch * heads)

@@ -22,11 +22,13 @@ from grounding.model.encoder import (
     sine_embedding,
 )
 from grounding.model.fusion import BiAttentionBlock
+from grounding.model.grounding_dino import GroundingDINO
 from grounding.model.query_selection import encoder_output_proposals, select_queries
+from grounding.model.text_encoder import sub_sentence_masks
 from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch
 
 CFG = tiny()
-SHAPES = [(12, 17), (6, 9), (3, 5), (2, 3)]  # odd sizes, as an 45x67 image would give
+SHAPES = [(12, 17), (6, 9), (3, 5), (2, 3)]  # odd sizes, as a ~96x136 image gives
 TOL = 1e-5
 
 # our (official) names -> transformers' names, applied in order to every key
@@ -126,8 +128,6 @@ def image_inputs(seed: int = 0):
 def text_inputs(seed: int = 1):
     """'[CLS] a b . c . [SEP]' and the shorter '[CLS] d . [SEP] [PAD] [PAD]'."""
     ids = torch.tensor([[101, 2000, 2001, 1012, 2002, 1012, 102], [101, 2003, 1012, 102, 0, 0, 0]])
-    from grounding.model.text_encoder import sub_sentence_masks
-
     block, position_ids = sub_sentence_masks(ids)
     token_mask = ids != 0
     text = torch.randn(2, ids.shape[1], CFG.d_model, generator=torch.Generator().manual_seed(seed))
@@ -344,8 +344,6 @@ def test_official_init():
     for point in range(3):
         assert torch.allclose(offsets[:, 1, point], rays * (point + 1), atol=1e-6)
     assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
-
-    from grounding.model import GroundingDINO
 
     model = GroundingDINO(CFG)
     last = model.bbox_embed[0].layers[-1]
