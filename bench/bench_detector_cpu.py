@@ -46,10 +46,11 @@ def main() -> None:
     height, width = (int(v) for v in args.size.split("x"))
 
     from grounding.config import swint_ogc
+    from grounding.keymap import as_transformers_port
     from tests.fixtures.dino import load_hf_reference, random_model
 
     config = swint_ogc()
-    ours = random_model(config, seed=0)
+    ours = random_model(as_transformers_port(config), seed=0)
     with tempfile.TemporaryDirectory() as directory:
         theirs, info = load_hf_reference(ours, directory)  # HF checkpoint via grounding.keymap, from_pretrained
     if info["missing_keys"] or info["unexpected_keys"]:

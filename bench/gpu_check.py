@@ -242,10 +242,11 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
                compile_model: bool) -> None:
     from grounding.config import swint_ogc
     from grounding.config import tiny as tiny_config
+    from grounding.keymap import as_transformers_port
     from tests.fixtures.dino import load_hf_reference, random_model
 
     config = tiny_config() if tiny else swint_ogc()
-    model = random_model(config, seed=0)
+    model = random_model(as_transformers_port(config), seed=0)
     with tempfile.TemporaryDirectory() as directory:
         hf_model, _ = load_hf_reference(model, directory)
     model, hf_model = model.to(device), hf_model.to(device)

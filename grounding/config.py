@@ -63,6 +63,9 @@ class GroundingDINOConfig:
     max_text_len: int = 256
     image_pos_temperature: float = 20.0
     layer_norm_eps: float = 1e-5
+    # Clamp of the inverse sigmoid in box refinement: official 1e-3; transformers' port uses 1e-5. The two differ
+    # only for degenerate reference boxes (a coordinate outside (1e-3, 1 - 1e-3)).
+    inverse_sigmoid_eps: float = 1e-3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ applies it). Keys no rule knows are passed through unchanged, so a loader can re
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import TYPE_CHECKING
 
@@ -212,6 +213,15 @@ def _fill_box_head_aliases(state_dict: dict[str, torch.Tensor]) -> None:
         for rest, tensor in shared.items():
             state_dict.setdefault(f"bbox_embed.{i}.{rest}", tensor)
             state_dict.setdefault(f"transformer.decoder.bbox_embed.{i}.{rest}", tensor)
+
+
+TRANSFORMERS_INVERSE_SIGMOID_EPS = 1e-5  # transformers' logit clamp in box refinement (official: 1e-3)
+
+
+def as_transformers_port(config: GroundingDINOConfig) -> GroundingDINOConfig:
+    """The config whose behaviour equals transformers' port of the same weights: its only behavioural
+    difference from the official model is the inverse-sigmoid clamp of box refinement."""
+    return dataclasses.replace(config, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS)
 
 
 def hf_config(config: GroundingDINOConfig) -> "transformers.GroundingDinoConfig":

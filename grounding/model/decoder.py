@@ -15,15 +15,8 @@ from torch import Tensor, nn
 
 from grounding.model.encoder import MultiScaleDeformableAttention, sine_embedding
 
-# The official code uses log(max(x, 1e-3) / max(1 - x, 1e-3)); transformers uses logit with eps 1e-5.
-# They differ only for reference coordinates outside (1e-3, 1 - 1e-3), i.e. degenerate boxes, but with the
-# random weights of the parity tests such boxes occur: on the tiny config (2 captions, 93x131 px) the
-# official eps gives a max logit diff of 0.037 against transformers, 1e-5 gives 8e-6. Parity decides: 1e-5.
-INVERSE_SIGMOID_EPS = 1e-5
-
-
-def inverse_sigmoid(x: Tensor, eps: float = INVERSE_SIGMOID_EPS) -> Tensor:
-    """log(x / (1 - x)) with x clamped to [eps, 1 - eps]."""
+def inverse_sigmoid(x: Tensor, eps: float) -> Tensor:
+    """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (`GroundingDINOConfig.inverse_sigmoid_eps`)."""
     return torch.special.logit(x, eps=eps)
 
 
@@ -97,9 +90,10 @@ class Decoder(nn.Module):
     """Keys: `layers.{i}`, `norm`, `ref_point_head`, `bbox_embed.{i}` (the shared box MLP, set by the owner)."""
 
     def __init__(self, num_layers: int, d_model: int, ffn_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, layer_norm_eps: float = 1e-5):
+                 num_points: int, layer_norm_eps: float = 1e-5, inverse_sigmoid_eps: float = 1e-3):
         super().__init__()
         self.d_model = d_model
+        self.inverse_sigmoid_eps = inverse_sigmoid_eps
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, ffn_dim, num_heads, num_levels, num_points, layer_norm_eps)
             for _ in range(num_layers)
@@ -131,7 +125,7 @@ class Decoder(nn.Module):
             query_pos = self.ref_point_head(sine_embedding(scaled[:, :, 0], self.d_model // 2))  # [B, Q, d]
             tgt = layer(tgt, query_pos, scaled, memory, memory_padding, spatial_shapes, level_start_index,
                         text, text_padding)
-            refined = (box_head(tgt) + inverse_sigmoid(reference_points)).sigmoid()
+            refined = (box_head(tgt) + inverse_sigmoid(reference_points, self.inverse_sigmoid_eps)).sigmoid()
             # the next layer starts from detached boxes; the heads see the undetached ones (official)
             reference_points = refined.detach()
             references.append(refined)

@@ -5,7 +5,9 @@ import torch
 
 from grounding.detector import GroundingDetector
 from grounding.text import load_tokenizer
-from tests.fixtures.dino import load_hf_reference, tiny_model
+from grounding.config import tiny
+from grounding.keymap import as_transformers_port
+from tests.fixtures.dino import load_hf_reference, random_model
 
 PROMPT = "a cat . a remote control ."
 
@@ -13,7 +15,7 @@ PROMPT = "a cat . a remote control ."
 def test_detect_matches_transformers_end_to_end(photo, tmp_path):
     from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
 
-    model = tiny_model(seed=4)
+    model = random_model(as_transformers_port(tiny()), seed=4)
     with torch.no_grad():  # soften the random logits so that scores spread over (0, 1) and phrases vary
         model.transformer.decoder.norm.weight.mul_(0.05)  # the logits are normed decoder output . text
         model.transformer.decoder.norm.bias.mul_(0.05)

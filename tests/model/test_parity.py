@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from grounding.config import swint_ogc, tiny
+from grounding.keymap import as_transformers_port
 from grounding.model.preprocess import pad_batch, preprocess_image
 from tests.fixtures.dino import load_hf_reference, random_model
 
@@ -116,7 +117,7 @@ def single_caption(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
-    model = random_model(tiny(), seed=0)
+    model = random_model(as_transformers_port(tiny()), seed=0)
     hf_model, info = load_hf_reference(model, tmp_path_factory.mktemp("hf_tiny"))
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     return model, hf_model
@@ -154,7 +155,7 @@ def test_tiny_batch_of_two_different_captions_and_sizes(tiny_pair, monkeypatch):
 
 def test_swin_t_800x1200(tmp_path):
     """Full Swin-T OGC architecture (BERT-base, 900 queries, 6+6 layers) at 800x1200."""
-    model = random_model(swint_ogc(), seed=0)
+    model = random_model(as_transformers_port(swint_ogc()), seed=0)
     hf_model, info = load_hf_reference(model, tmp_path / "hf_swint")
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     pixels, mask = preprocess_image(scene(900, 600))

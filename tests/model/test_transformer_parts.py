@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from transformers import GroundingDinoConfig
 from transformers.models.grounding_dino import modeling_grounding_dino as hf
 
-from grounding.config import tiny
+from grounding.config import swint_ogc, tiny
+from grounding.keymap import TRANSFORMERS_INVERSE_SIGMOID_EPS
 from grounding.model.decoder import MLP, Decoder, contrastive_logits, inverse_sigmoid
 from grounding.model.encoder import (
     FeatureEnhancer,
@@ -204,7 +205,7 @@ def test_encoder_matches_transformers():
 def decoder_pair(seed: int):
     c = CFG
     ours = randomize(Decoder(c.decoder_layers, c.d_model, c.decoder_ffn_dim, c.num_heads, c.num_feature_levels,
-                             c.decoder_n_points), seed)
+                             c.decoder_n_points, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS), seed)
     box_head = randomize(MLP(c.d_model, c.d_model, 4, 3), seed + 1)
     ours.bbox_embed = torch.nn.ModuleList([box_head] * c.decoder_layers)
     reference = hf.GroundingDinoDecoder(hf_config()).eval()
@@ -236,11 +237,16 @@ def test_decoder_matches_transformers():
         assert (boxes_in - ref.intermediate_reference_points[:, layer]).abs().max() < TOL
 
 
-def test_inverse_sigmoid_clamps_like_transformers():
+@pytest.mark.parametrize("eps", [1e-3, TRANSFORMERS_INVERSE_SIGMOID_EPS])  # official, transformers
+def test_inverse_sigmoid_clamps_at_eps(eps):
     x = torch.tensor([0.0, 1e-6, 0.3, 1 - 1e-6, 1.0], dtype=torch.float64)
-    expected = torch.tensor([math.log(1e-5 / (1 - 1e-5)), math.log(1e-5 / (1 - 1e-5)), math.log(0.3 / 0.7),
-                             math.log((1 - 1e-5) / 1e-5), math.log((1 - 1e-5) / 1e-5)], dtype=torch.float64)
-    assert torch.allclose(inverse_sigmoid(x), expected, atol=1e-9)
+    low, high = math.log(eps / (1 - eps)), math.log((1 - eps) / eps)
+    expected = torch.tensor([low, low, math.log(0.3 / 0.7), high, high], dtype=torch.float64)
+    assert torch.allclose(inverse_sigmoid(x, eps), expected, atol=1e-9)
+
+
+def test_official_clamp_is_the_default():
+    assert tiny().inverse_sigmoid_eps == swint_ogc().inverse_sigmoid_eps == 1e-3
 
 
 def test_contrastive_logits_match_transformers():
