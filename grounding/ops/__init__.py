@@ -1,4 +1,4 @@
 """Low-level operators used by the model."""
-from grounding.ops.ms_deform_attn import backend, ms_deform_attn
+from grounding.ops.ms_deform_attn import backend, backend_reason, ms_deform_attn
 
-__all__ = ["backend", "ms_deform_attn"]
+__all__ = ["backend", "backend_reason", "ms_deform_attn"]
