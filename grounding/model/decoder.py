@@ -15,6 +15,11 @@ from torch import Tensor, nn
 
 from grounding.model.encoder import MultiScaleDeformableAttention, sine_embedding
 
+def full_precision(x: Tensor) -> Tensor:
+    """fp16/bf16 (autocast outputs) -> fp32; fp32 and fp64 unchanged. For the rounding-sensitive box math."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def inverse_sigmoid(x: Tensor, eps: float) -> Tensor:
     """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (`GroundingDINOConfig.inverse_sigmoid_eps`)."""
     return torch.special.logit(x, eps=eps)
@@ -43,7 +48,9 @@ def contrastive_logits(queries: Tensor, text: Tensor, text_token_mask: Tensor, m
     Returns:
         [B, Q, max_text_len]
     """
-    logits = queries @ text.transpose(-1, -2)  # [B, Q, T]
+    # fp32 even under autocast: these scores pick the top-k queries and are compared with the thresholds
+    with torch.autocast(queries.device.type, enabled=False):
+        logits = full_precision(queries) @ full_precision(text).transpose(-1, -2)  # [B, Q, T]
     logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
     padded = logits.new_full((*logits.shape[:-1], max_text_len), float("-inf"))
     padded[..., : logits.shape[-1]] = logits
@@ -125,7 +132,8 @@ class Decoder(nn.Module):
             query_pos = self.ref_point_head(sine_embedding(scaled[:, :, 0], self.d_model // 2))  # [B, Q, d]
             tgt = layer(tgt, query_pos, scaled, memory, memory_padding, spatial_shapes, level_start_index,
                         text, text_padding)
-            refined = (box_head(tgt) + inverse_sigmoid(reference_points, self.inverse_sigmoid_eps)).sigmoid()
+            reference_logits = inverse_sigmoid(full_precision(reference_points), self.inverse_sigmoid_eps)
+            refined = (full_precision(box_head(tgt)) + reference_logits).sigmoid()
             # the next layer starts from detached boxes; the heads see the undetached ones (official)
             reference_points = refined.detach()
             references.append(refined)

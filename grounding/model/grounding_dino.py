@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from grounding.config import GroundingDINOConfig
-from grounding.model.decoder import MLP, Decoder, contrastive_logits, inverse_sigmoid
+from grounding.model.decoder import MLP, Decoder, contrastive_logits, full_precision, inverse_sigmoid
 from grounding.model.encoder import FeatureEnhancer, MultiScaleDeformableAttention
 from grounding.model.image_encoder import ImageFeatures, build_backbone, build_input_proj, encode_image_features
 from grounding.model.query_selection import select_queries
@@ -104,7 +104,8 @@ class GroundingTransformer(nn.Module):
         device = image.features[0].device
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        dtype = image.features[0].dtype
+        # fp32 under autocast too: reference points and sampling grids derive from these ratios
+        dtype = torch.promote_types(image.features[0].dtype, torch.float32)
         ratios = torch.stack([valid_ratios(m, dtype) for m in image.masks], 1)  # [B, L, 2]
         return FlatImage(torch.cat(src, 1), torch.cat(pos, 1), torch.cat(padding, 1), spatial_shapes, shapes,
                          level_start_index, ratios)
@@ -214,12 +215,12 @@ class GroundingDINO(nn.Module):
         outputs, references, text, selection = self.transformer(
             image_features, text, text_token_mask, block_mask, position_ids
         )
-        max_len = self.config.max_text_len
+        max_len, eps = self.config.max_text_len, self.config.inverse_sigmoid_eps
         layers = []
         for hidden, reference, box_head in zip(outputs, references, self.bbox_embed):
             layers.append({
                 "pred_logits": contrastive_logits(hidden, text, text_token_mask, max_len),
-                "pred_boxes": (box_head(hidden) + inverse_sigmoid(reference, self.config.inverse_sigmoid_eps)).sigmoid(),
+                "pred_boxes": (full_precision(box_head(hidden)) + inverse_sigmoid(reference, eps)).sigmoid(),
             })
         return GroundingOutput(
             pred_logits=layers[-1]["pred_logits"],

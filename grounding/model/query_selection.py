@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from grounding.model.decoder import MLP, contrastive_logits
+from grounding.model.decoder import MLP, contrastive_logits, full_precision
 
 
 @dataclass
@@ -34,14 +34,15 @@ def encoder_output_proposals(
         (+inf for padded tokens and for boxes not inside (0.01, 0.99)).
     """
     batch = memory.shape[0]
+    dtype = torch.promote_types(memory.dtype, torch.float32)  # fp32 grids under autocast
     proposals = []
     start = 0
     for level, (height, width) in enumerate(spatial_shapes):
         level_padding = padding[:, start : start + height * width].view(batch, height, width)
         valid_h = (~level_padding[:, :, 0]).sum(1)  # [B]
         valid_w = (~level_padding[:, 0, :]).sum(1)
-        ys = torch.linspace(0, height - 1, height, dtype=memory.dtype, device=memory.device)
-        xs = torch.linspace(0, width - 1, width, dtype=memory.dtype, device=memory.device)
+        ys = torch.linspace(0, height - 1, height, dtype=dtype, device=memory.device)
+        xs = torch.linspace(0, width - 1, width, dtype=dtype, device=memory.device)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([grid_x, grid_y], -1)  # [H, W, 2] (x, y)
         scale = torch.stack([valid_w, valid_h], -1).view(batch, 1, 1, 2)
@@ -76,7 +77,7 @@ def select_queries(
     # Only the selected tokens need the box head (same values as running it on all N and gathering).
     selected_memory = torch.gather(output_memory, 1, top[..., None].expand(-1, -1, output_memory.shape[-1]))
     selected_proposals = torch.gather(proposals, 1, top[..., None].expand(-1, -1, 4))
-    box_logits = enc_out_bbox_embed(selected_memory) + selected_proposals  # [B, Q, 4]
+    box_logits = full_precision(enc_out_bbox_embed(selected_memory)) + selected_proposals  # [B, Q, 4] fp32
     return SelectedQueries(
         reference_points=box_logits.detach().sigmoid(),
         enc_logits=contrastive_logits(selected_memory, text, text_token_mask, max_text_len),
