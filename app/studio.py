@@ -30,7 +30,6 @@ from app.models import PipelineRegistry
 from app.rendering import (
     TABLE_HEADERS, legend_html, mask_areas, render, result_summary, table_rows, timings_markdown,
 )
-from grounding.cache import image_key
 from grounding.errors import GroundingError, InvalidPromptError
 from grounding.export import annotate, write_bundle
 from grounding.images import LoadedImage
@@ -272,18 +271,7 @@ class Studio:
 
 
 def warm_image_caches(pipeline: GroundedSAM, loaded: LoadedImage, with_sam: bool) -> dict[str, bool]:
-    """Run the image encoders of `pipeline` on `loaded` into its caches; {encoder: was already cached}.
-
-    Keys and counting are the pipeline's own (`_encode_for_detector` / `_encode_for_sam` count calls in
-    `pipeline.stats`), so a later `segment` on the same image finds these entries.
-    """
-    key = image_key(loaded.pixels)
-    hits = {}
-    _, hits["detector"] = pipeline.caches.image_features.get_or_create(
-        (pipeline.detector_id, key), lambda: pipeline._encode_for_detector(loaded)
-    )
-    if with_sam:
-        _, hits["SAM"] = pipeline.caches.sam_embeddings.get_or_create(
-            (pipeline.segmenter_id, key), lambda: pipeline._encode_for_sam(loaded)
-        )
-    return hits
+    """Run the image encoders of `pipeline` on `loaded` into its caches; {encoder: was already cached}."""
+    hits = pipeline.encode_image(loaded, with_sam=with_sam)
+    names = {"image_features": "detector", "sam_embedding": "SAM"}
+    return {names[cache]: hit for cache, hit in hits.items()}

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: grounding/ and tests/fixtures/
 
-from grounding.ops import backend, cuda_extension  # noqa: E402
+from grounding.ops import backend  # noqa: E402
 from grounding.ops.ms_deform_attn import backend_reason, ms_deform_attn  # noqa: E402
 from grounding.ops.ms_deform_attn_torch import ms_deform_attn_torch  # noqa: E402
 from grounding.precision import inference_precision  # noqa: E402

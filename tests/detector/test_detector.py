@@ -9,7 +9,6 @@ from PIL import Image
 from grounding.errors import InvalidImageError, InvalidPromptError, InvalidThresholdError
 from grounding.postprocess import detections_from_logits
 from grounding.results import Detections
-from grounding.text import tokenize_caption
 
 PROMPT = "a cat . a remote control . glassoil"
 

@@ -5,7 +5,6 @@ from grounding.errors import InvalidPromptError
 from grounding.text import (
     CLS_ID,
     DOT_ID,
-    MAX_CHUNKS,
     MAX_PROMPT_CHARS,
     SEP_ID,
     chunk_caption,
