@@ -21,11 +21,15 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: grounding/
 
 PROMPT_A = "a cat . a remote control ."
 PROMPT_B = "a dog . a sofa . a lamp ."
