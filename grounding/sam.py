@@ -39,6 +39,8 @@ SAM_CHECKPOINT_ENV = "SAM_CHECKPOINT"
 CACHE_DIR_ENV = "GROUNDING_CACHE_DIR"
 OFFLINE_ENVS = ("GROUNDING_OFFLINE", "HF_HUB_OFFLINE")
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything/{file_name}"
+# Largest float mask tensor one decoder call may produce (full-resolution upsampled logits), in bytes.
+DECODE_MEMORY_BUDGET = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -299,11 +301,16 @@ class SamSegmenter:
         )
 
     @torch.inference_mode()
-    def decode_boxes(self, embedding: SamEmbedding, boxes: np.ndarray, multimask: bool = False) -> SamMasks:
-        """boxes [N, 4] xyxy pixels of the original image -> N masks, in ONE batched decoder call.
+    def decode_boxes(
+        self, embedding: SamEmbedding, boxes: np.ndarray, multimask: bool = False,
+        memory_budget: int = DECODE_MEMORY_BUDGET,
+    ) -> SamMasks:
+        """boxes [N, 4] xyxy pixels of the original image -> N masks, in batched decoder calls.
 
-        `multimask=True` asks SAM for its three candidate masks per box and keeps the one with the
-        highest predicted IoU (helps with thin or ambiguous objects).
+        Usually ONE call; boxes are split into several calls only when the full-resolution float masks of
+        one call would exceed `memory_budget` bytes (hundreds of boxes at a low threshold on a big image
+        would otherwise exhaust memory). `multimask=True` asks SAM for its three candidate masks per box and
+        keeps the one with the highest predicted IoU (helps with thin or ambiguous objects).
         """
         height, width = embedding.original_size
         if len(boxes) == 0:
@@ -316,12 +323,15 @@ class SamSegmenter:
         predictor.is_image_set = True
         box_tensor = torch.as_tensor(np.asarray(boxes, np.float32), device=self.device)  # [N, 4]
         box_tensor = predictor.transform.apply_boxes_torch(box_tensor, embedding.original_size)
-        masks, iou, _ = predictor.predict_torch(
-            point_coords=None, point_labels=None, boxes=box_tensor, multimask_output=multimask
-        )  # masks [N, K, H, W] bool, iou [N, K]; K = 3 with multimask else 1
-        best = iou.argmax(dim=1)  # [N]
-        rows = torch.arange(len(best), device=best.device)
-        return SamMasks(
-            masks=masks[rows, best].cpu().numpy(),
-            iou_scores=iou[rows, best].float().cpu().numpy(),
-        )
+        candidates = 3 if multimask else 1
+        per_call = max(1, memory_budget // (height * width * candidates * 4))
+        masks, scores = [], []
+        for chunk in box_tensor.split(per_call):
+            chunk_masks, iou, _ = predictor.predict_torch(
+                point_coords=None, point_labels=None, boxes=chunk, multimask_output=multimask
+            )  # masks [n, K, H, W] bool, iou [n, K]; K = 3 with multimask else 1
+            best = iou.argmax(dim=1)  # [n]
+            rows = torch.arange(len(best), device=best.device)
+            masks.append(chunk_masks[rows, best].cpu().numpy())
+            scores.append(iou[rows, best].float().cpu().numpy())
+        return SamMasks(masks=np.concatenate(masks), iou_scores=np.concatenate(scores))

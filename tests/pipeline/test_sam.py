@@ -131,6 +131,24 @@ def test_batched_decode_matches_predictor_and_original_resolution(tiny_segmenter
         assert abs(iou[0] - out.iou_scores[i]) < 1e-4
 
 
+def test_decode_splits_calls_only_beyond_the_memory_budget(tiny_segmenter, monkeypatch):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    corners = rng.uniform(0, 100, (7, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(10, 90, (7, 2))], 1).astype(np.float32)
+    embedding = tiny_segmenter.encode_image(image)
+    calls = []
+    original = SamPredictor.predict_torch
+    monkeypatch.setattr(SamPredictor, "predict_torch", lambda self, **kw: calls.append(len(kw["boxes"]))
+                        or original(self, **kw))
+    whole = tiny_segmenter.decode_boxes(embedding, boxes)
+    assert calls == [7]
+    split = tiny_segmenter.decode_boxes(embedding, boxes, memory_budget=3 * 120 * 200 * 4)  # 3 boxes per call
+    assert calls[1:] == [3, 3, 1]
+    assert np.array_equal(whole.masks, split.masks)
+    assert np.allclose(whole.iou_scores, split.iou_scores, atol=1e-6)
+
+
 def test_multimask_keeps_the_best_of_three(tiny_segmenter):
     image = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
     embedding = tiny_segmenter.encode_image(image)
