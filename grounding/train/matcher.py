@@ -72,13 +72,21 @@ class HungarianMatcher:
         targets[b]: "boxes" [N_b, 4] cxcywh in [0, 1], "positive_map" [N_b, T] (bool).
         Returns per image (query_indices [K], target_indices [K]) int64 with K = min(Q, N_b), sorted by query.
         """
+        sizes = [len(target["boxes"]) for target in targets]
+        empty = torch.zeros(0, dtype=torch.int64)
+        if sum(sizes) == 0:
+            return [(empty, empty) for _ in targets]
+        # One cost matrix of every query against every target of the batch, one device->host copy, then one
+        # assignment per image on its own block (the GPU waits once per stage, not once per image).
+        batch, queries = pred_logits.shape[:2]
+        combined = {key: torch.cat([target[key] for target in targets]) for key in ("boxes", "positive_map")}
+        cost = self.cost_matrix(pred_logits.flatten(0, 1), pred_boxes.flatten(0, 1), combined)  # [B*Q, sum N]
+        blocks = cost.view(batch, queries, -1).cpu().split(sizes, dim=-1)  # per image [B, Q, N_b]
         matches = []
-        for logits, boxes, target in zip(pred_logits, pred_boxes, targets):
-            if len(target["boxes"]) == 0:
-                empty = torch.zeros(0, dtype=torch.int64)
+        for b, block in enumerate(blocks):
+            if sizes[b] == 0:
                 matches.append((empty, empty))
                 continue
-            cost = self.cost_matrix(logits, boxes, target).cpu()
-            query_idx, target_idx = linear_sum_assignment(cost.numpy())
+            query_idx, target_idx = linear_sum_assignment(block[b].numpy())
             matches.append((torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64)))
         return matches
