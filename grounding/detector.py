@@ -78,13 +78,16 @@ class GroundingDetector:
         tokenizer: BertTokenizer | None = None,
         device: str | torch.device | None = None,
         model_id: str | None = None,
-        shortest_side: int = 800,
-        longest_side: int = 1333,
+        shortest_side: int | None = None,
+        longest_side: int | None = None,
         chunk_batch_size: int = 1,
     ) -> None:
-        """`shortest_side` / `longest_side`: the resize before the backbone (the official 800 / 1333; smaller is
-        faster on CPU and less accurate). `chunk_batch_size`: prompt chunks run together in one padded batch
+        """`shortest_side` / `longest_side`: the resize before the backbone; None = the model's
+        `config.input_size` (the official 800 / 1333; a checkpoint trained here records its own). Smaller is
+        faster on CPU and less accurate. `chunk_batch_size`: prompt chunks run together in one padded batch
         (worth it on a GPU; on a CPU the work grows with the batch, so 1 keeps peak memory low)."""
+        shortest_side = shortest_side or model.config.input_size[0]
+        longest_side = longest_side or model.config.input_size[1]
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
@@ -101,8 +104,8 @@ class GroundingDetector:
         device: str | torch.device | None = None,
         download: bool = True,
         cache_dir: str | os.PathLike | None = None,
-        shortest_side: int = 800,
-        longest_side: int = 1333,
+        shortest_side: int | None = None,
+        longest_side: int | None = None,
         chunk_batch_size: int = 1,
     ) -> "GroundingDetector":
         """"swint_ogc" | "swinb_cogcoor" | "IDEA-Research/grounding-dino-tiny" | "IDEA-Research/grounding-dino-base"

@@ -143,6 +143,21 @@ def test_from_pretrained_local_file(tmp_path, photo):
     assert a.phrases == b.phrases and np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
 
 
+def test_resize_defaults_to_the_input_size_the_checkpoint_records(tmp_path, photo):
+    from grounding.checkpoint import save_checkpoint
+    from grounding.detector import GroundingDetector
+    from tests.fixtures.dino import tiny_model
+
+    model = tiny_model(seed=1)
+    assert GroundingDetector(model, device="cpu").shortest_side == 800  # the official resize by default
+    model.config.input_size = (96, 160)
+    loaded = GroundingDetector.from_pretrained(save_checkpoint(model, tmp_path / "tiny.pth"), device="cpu")
+    assert (loaded.shortest_side, loaded.longest_side) == (96, 160)
+    explicit = GroundingDetector(model, device="cpu", shortest_side=96, longest_side=160)
+    a, b = loaded.detect(photo, PROMPT, 0.2, 0.25), explicit.detect(photo, PROMPT, 0.2, 0.25)
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+
+
 def test_chunks_in_one_padded_batch_equal_chunks_one_by_one(detector, photo):
     from grounding.detector import GroundingDetector
 
