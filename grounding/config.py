@@ -66,6 +66,8 @@ class GroundingDINOConfig:
     # Clamp of the inverse sigmoid in box refinement: official 1e-3; transformers' port uses 1e-5. The two differ
     # only for degenerate reference boxes (a coordinate outside (1e-3, 1 - 1e-3)).
     inverse_sigmoid_eps: float = 1e-3
+    # (shortest side, longest side) of the resize the model was trained with: the detector's default resize.
+    input_size: tuple[int, int] = (800, 1333)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,8 @@ class GroundingDINOConfig:
                 if key in swin:
                     swin[key] = tuple(swin[key])
             values["swin"] = SwinConfig(**swin)
+        if "input_size" in values:
+            values["input_size"] = tuple(values["input_size"])
         if isinstance(values.get("text"), dict):
             values["text"] = TextEncoderConfig(**values["text"])
         return cls(**values)
@@ -116,4 +120,25 @@ def tiny() -> GroundingDINOConfig:
     )
 
 
-PRESETS = {"swint_ogc": swint_ogc, "swinb_cogcoor": swinb_cogcoor, "tiny": tiny}
+def shapes() -> GroundingDINOConfig:
+    """The shipped "shapes" demo detector (trained by `python -m grounding.train.demo_model` on 256 px scenes):
+    a narrow model with every part of the real one, small enough to ship in assets/."""
+    return GroundingDINOConfig(
+        input_size=(256, 256),
+        swin=SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=8),
+        text=TextEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+        d_model=64,
+        num_queries=50,
+        encoder_layers=3,
+        decoder_layers=3,
+        num_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        text_enhancer_ffn_dim=128,
+        text_enhancer_heads=2,
+        fusion_dim=64,
+        fusion_heads=2,
+    )
+
+
+PRESETS = {"swint_ogc": swint_ogc, "swinb_cogcoor": swinb_cogcoor, "tiny": tiny, "shapes": shapes}

@@ -80,6 +80,12 @@ SAM_VARIANTS: dict[str, SamVariant] = {
         "tiny", 32, 2, 2, (1,), img_size=256, window_size=4, prompt_embed_dim=32, decoder_mlp_dim=64,
         decoder_num_heads=2, iou_head_hidden_dim=32, mask_in_chans=4,
     ),
+    # The shipped demo segmenter (grounding.train.demo_model): 256 px input, patch 8 (32x32 embedding, 128x128
+    # low-res masks), 4 ViT blocks of width 96, 64-d prompts.
+    "shapes": SamVariant(
+        "shapes", 96, 4, 4, (1, 3), img_size=256, patch_size=8, window_size=8, prompt_embed_dim=64,
+        decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=8,
+    ),
 }
 
 

@@ -1,103 +1,170 @@
-"""One command that retrains the small "shapes" demo detector from scratch with a fixed seed:
-generate the shapes data, train the `tiny` preset on it, and score it on freshly generated held-out scenes.
+"""One command that retrains the shipped "shapes" demo models from scratch with a fixed seed: generate the shapes
+data, train the detector (`shapes` preset) and the small SAM (`shapes` variant) on it, and score both on freshly
+generated held-out scenes.
 
-    python -m grounding.train.demo_model --out runs/shapes [--minutes 30 --device cpu]
+    python -m grounding.train.demo_model --out runs/shapes [--minutes 30 --device cuda]
+    python -m grounding.train.demo_model --out runs/shapes --part detector   # one part: data|detector|sam|eval
 
-Writes OUT/data/{train,heldout}/ (COCO JSON + PNG), OUT/model/ (checkpoints, log.jsonl, model.pth) and
-OUT/results.json (held-out AP with single-phrase prompts, absent-phrase rate, steps trained). The model reads
-images resized to `image_size` (pass it as the detector's shortest_side).
+Writes OUT/data/{train,heldout}/ (COCO JSON + PNG), OUT/model/ (checkpoints, logs, model.pth, sam.pth) and
+OUT/results.json (held-out AP50 with single-phrase prompts, absent-phrase rate, mask IoU, steps trained).
+The detector reads images resized to `image_size` (the preset's input size is recorded in its checkpoint).
+Parts run in order and each skips what is already there; --minutes caps each training part (resumable).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from grounding.sam import SAM_VARIANTS, build_sam, load_sam_checkpoint
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes
 from grounding.train.eval import evaluate
+from grounding.train.sam_trainer import SAM_FINAL_WEIGHTS, SAM_LAST_CHECKPOINT, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam
 from grounding.train.shapes import ShapesConfig, generate_dataset
 from grounding.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, TrainConfig, Trainer, build_model
 
 HELD_OUT_SEED_OFFSET = 1000  # held-out scenes come from another seed, so none is seen in training
+PARTS = ("data", "detector", "sam", "eval")
 
 
 @dataclass
 class DemoRecipe:
     seed: int = 0
-    image_size: int = 128
-    train_images: int = 2000
+    image_size: int = 256
+    train_images: int = 6000
     heldout_images: int = 200
-    epochs: int = 2
-    batch_size: int = 4
-    lr: float = 2e-4
-    warmup_steps: int = 50
+    preset: str = "shapes"
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 4e-4
+    warmup_steps: int = 100
     max_absent: int = 4
+    sam_variant: str = "shapes"
+    sam_epochs: int = 20
+    sam_batch_size: int = 16
+    sam_lr: float = 4e-4
+    workers: int = 0  # data generation processes and DataLoader workers
+    anneal_to_time_limit: bool = False
 
 
-def run(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool = True) -> dict:
+def _data(out: Path, recipe: DemoRecipe) -> None:
     shapes = ShapesConfig(image_size=(recipe.image_size, recipe.image_size))
     splits = {"train": (recipe.train_images, recipe.seed), "heldout": (recipe.heldout_images, recipe.seed + HELD_OUT_SEED_OFFSET)}
     for split, (count, seed) in splits.items():
         if not (out / "data" / split / "annotations.json").is_file():
-            generate_dataset(out / "data" / split, count, seed, shapes)
+            generate_dataset(out / "data" / split, count, seed, shapes, workers=max(1, recipe.workers))
 
-    tokenizer = load_tokenizer()
+
+def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool) -> dict:
     sizes = ImageSizes((recipe.image_size,), recipe.image_size)
     train_set = CocoGroundingDataset(
-        out / "data/train/annotations.json", out / "data/train/images", tokenizer, sizes=sizes,
+        out / "data/train/annotations.json", out / "data/train/images", load_tokenizer(), sizes=sizes,
         caption_sampling=CaptionSampling(max_absent=recipe.max_absent), seed=recipe.seed,
     )  # fmt: skip
     torch.manual_seed(recipe.seed)
     config = TrainConfig(
-        epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=recipe.seed
-    )
-    trainer = Trainer(build_model("tiny"), train_set, out / "model", config, device=device)
+        epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=recipe.warmup_steps,
+        seed=recipe.seed, num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
+    )  # fmt: skip
+    model = build_model(recipe.preset)
+    model.config.input_size = (recipe.image_size, recipe.image_size)
+    trainer = Trainer(model, train_set, out / "model", config, device=device)
     if (out / "model" / LAST_CHECKPOINT).is_file():
         trainer.resume(out / "model" / LAST_CHECKPOINT)
     started = time.monotonic()
     trainer.fit(progress=progress, time_limit_s=minutes * 60 if minutes is not None else None)
-    train_seconds = time.monotonic() - started
+    return {"steps": trainer.step, "total_steps": trainer.total_steps, "seconds": round(time.monotonic() - started, 1)}
 
-    heldout = CocoGroundingDataset(
-        out / "data/heldout/annotations.json", out / "data/heldout/images", tokenizer, sizes=sizes, train=False
-    )
-    model = build_model(out / "model" / FINAL_WEIGHTS)
-    result = evaluate(model, heldout, prompt_mode="single", device=device, progress=progress)
-    summary = {
-        "recipe": asdict(recipe),
-        "steps": trainer.step,
-        "total_steps": trainer.total_steps,
-        "train_seconds_this_call": round(train_seconds, 1),
-        "heldout": asdict(result),
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+
+def _sam_dataset(out: Path, split: str, recipe: DemoRecipe) -> SamBoxDataset:
+    return SamBoxDataset(out / f"data/{split}/annotations.json", out / f"data/{split}/images", SAM_VARIANTS[recipe.sam_variant].img_size)
+
+
+def _train_sam(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool) -> dict:
+    torch.manual_seed(recipe.seed)
+    config = SamTrainConfig(
+        epochs=recipe.sam_epochs, batch_size=recipe.sam_batch_size, lr=recipe.sam_lr, seed=recipe.seed,
+        num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
+    )  # fmt: skip
+    trainer = SamTrainer(build_sam(SAM_VARIANTS[recipe.sam_variant]), _sam_dataset(out, "train", recipe), out / "model", config, device)
+    if (out / "model" / SAM_LAST_CHECKPOINT).is_file():
+        trainer.resume(out / "model" / SAM_LAST_CHECKPOINT)
+    started = time.monotonic()
+    trainer.fit(progress=progress, time_limit_s=minutes * 60 if minutes is not None else None)
+    return {"steps": trainer.step, "total_steps": trainer.total_steps, "seconds": round(time.monotonic() - started, 1)}
+
+
+def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dict:
+    result: dict = {}
+    if (out / "model" / FINAL_WEIGHTS).is_file():
+        heldout = CocoGroundingDataset(
+            out / "data/heldout/annotations.json", out / "data/heldout/images", load_tokenizer(),
+            sizes=ImageSizes((recipe.image_size,), recipe.image_size), train=False,
+        )  # fmt: skip
+        result["detector"] = asdict(evaluate(build_model(out / "model" / FINAL_WEIGHTS), heldout, prompt_mode="single", device=device, progress=progress))
+    if (out / "model" / SAM_FINAL_WEIGHTS).is_file():
+        sam = load_sam_checkpoint(build_sam(SAM_VARIANTS[recipe.sam_variant]), out / "model" / SAM_FINAL_WEIGHTS)
+        result["sam_mask_iou"] = evaluate_sam(sam, _sam_dataset(out, "heldout", recipe), device, progress)
+    return result
+
+
+def run(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool = True,
+        parts: tuple[str, ...] = PARTS) -> dict:  # fmt: skip
+    """Run `parts` in order; returns (and merges into OUT/results.json) what they measured."""
+    out = Path(out)
+    summary: dict = {"recipe": asdict(recipe)}
+    if "data" in parts:
+        _data(out, recipe)
+    if "detector" in parts:
+        summary["detector_training"] = _train_detector(out, recipe, minutes, device, progress)
+    if "sam" in parts:
+        summary["sam_training"] = _train_sam(out, recipe, minutes, device, progress)
+    if "eval" in parts:
+        summary["heldout"] = _evaluate(out, recipe, device, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"  # merged with what other parts (maybe other processes) wrote
+    earlier = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results_path.write_text(json.dumps({**earlier, **summary}, indent=2))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
+    defaults = DemoRecipe()
     parser = argparse.ArgumentParser(prog="python -m grounding.train.demo_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--minutes", type=float, default=None, help="training time limit (rerun to resume)")
-    parser.add_argument("--seed", type=int, default=DemoRecipe.seed)
-    parser.add_argument("--train-images", type=int, default=DemoRecipe.train_images)
-    parser.add_argument("--heldout-images", type=int, default=DemoRecipe.heldout_images)
-    parser.add_argument("--image-size", type=int, default=DemoRecipe.image_size)
-    parser.add_argument("--epochs", type=int, default=DemoRecipe.epochs)
+    parser.add_argument("--part", choices=PARTS, action="append", help="run only these parts (repeatable)")
+    parser.add_argument("--minutes", type=float, default=None, help="time limit of each training part (rerun to resume)")
+    parser.add_argument("--anneal-to-time-limit", action="store_true", help="cosine schedules end at --minutes")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--train-images", type=int, default=defaults.train_images)
+    parser.add_argument("--heldout-images", type=int, default=defaults.heldout_images)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--sam-epochs", type=int, default=defaults.sam_epochs)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) - 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = DemoRecipe(
-        seed=args.seed, image_size=args.image_size, train_images=args.train_images,
-        heldout_images=args.heldout_images, epochs=args.epochs,
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    recipe = replace(
+        defaults, seed=args.seed, image_size=args.image_size, train_images=args.train_images,
+        heldout_images=args.heldout_images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
     )  # fmt: skip
-    print(json.dumps(run(args.out, recipe, args.minutes, args.device), indent=2))
+    summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +153,45 @@ def scene_caption(rng: np.random.Generator, present: list[str], max_absent: int)
     return " . ".join(chosen) + " ."
 
 
-def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, config: ShapesConfig | None = None) -> Path:
+def _render_one(index: int, out_dir: Path, seed: int, config: ShapesConfig) -> tuple[dict, list[dict]]:
+    """Scene `index` of `seed`: writes its PNG, returns its COCO image entry and annotations (without ids)."""
+    rng = np.random.default_rng([seed, index])
+    image, instances = render_scene(rng, config)
+    file_name = f"{index:06d}.png"
+    image.save(out_dir / "images" / file_name)
+    width, height = image.size
+    names = category_names()
+    image_entry = {
+        "id": index + 1,
+        "file_name": file_name,
+        "width": width,
+        "height": height,
+        "caption": scene_caption(rng, [i.category for i in instances], config.max_absent_phrases),
+    }
+    annotations = []
+    for instance in instances:
+        ys, xs = np.nonzero(instance.mask)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        annotations.append(
+            {
+                "image_id": index + 1,
+                "category_id": names.index(instance.category) + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": int(instance.mask.sum()),
+                "segmentation": {"size": [height, width], "counts": [int(c) for c in sv.mask_to_rle(instance.mask)]},
+                "iscrowd": 0,
+            }
+        )
+    return image_entry, annotations
+
+
+def generate_dataset(
+    out_dir: str | Path, num_images: int, seed: int = 0, config: ShapesConfig | None = None, workers: int = 1
+) -> Path:
     """Write `num_images` scenes to out_dir/images/*.png and COCO JSON to out_dir/annotations.json (returned).
 
-    Image i depends only on (seed, i), so a larger set extends a smaller one with the same seed.
+    Image i depends only on (seed, i), so a larger set extends a smaller one with the same seed, and the
+    result does not depend on `workers` (processes rendering in parallel).
     Annotations carry "bbox" (xywh px of the visible mask), "area", "segmentation" (uncompressed COCO RLE) and
     "iscrowd"; images carry a "caption" with present and absent phrases.
     """
@@ -168,35 +205,16 @@ def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, config
         "images": [],
         "annotations": [],
     }
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, index])
-        image, instances = render_scene(rng, config)
-        file_name = f"{index:06d}.png"
-        image.save(out_dir / "images" / file_name)
-        width, height = image.size
-        coco["images"].append(
-            {
-                "id": index + 1,
-                "file_name": file_name,
-                "width": width,
-                "height": height,
-                "caption": scene_caption(rng, [i.category for i in instances], config.max_absent_phrases),
-            }
-        )
-        for instance in instances:
-            ys, xs = np.nonzero(instance.mask)
-            x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": index + 1,
-                    "category_id": names.index(instance.category) + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": int(instance.mask.sum()),
-                    "segmentation": {"size": [height, width], "counts": [int(c) for c in sv.mask_to_rle(instance.mask)]},
-                    "iscrowd": 0,
-                }
-            )
+    render = partial(_render_one, out_dir=out_dir, seed=seed, config=config)
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            scenes = pool.map(render, range(num_images), chunksize=16)
+    else:
+        scenes = [render(index) for index in range(num_images)]
+    for image_entry, entries in scenes:
+        coco["images"].append(image_entry)
+        for annotation in entries:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, **annotation})
     annotation_path = out_dir / "annotations.json"
     annotation_path.write_text(json.dumps(coco))
     return annotation_path
@@ -208,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, nargs=2, default=(384, 384), metavar=("W", "H"))
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes in parallel")
     args = parser.parse_args(argv)
-    path = generate_dataset(args.out, args.num_images, args.seed, ShapesConfig(image_size=tuple(args.size)))
+    path = generate_dataset(args.out, args.num_images, args.seed, ShapesConfig(image_size=tuple(args.size)), args.workers)
     print(path)
 
 

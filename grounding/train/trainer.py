@@ -44,6 +44,9 @@ class TrainConfig:
     log_every: int = 10  # steps between log.jsonl lines
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 0
+    # With a time limit: the cosine follows whichever is further along, steps or the time limit, so a time-boxed
+    # run still anneals (steps then depend on the hardware's speed).
+    anneal_to_time_limit: bool = False
 
 
 SCRATCH_PREFIX = "scratch:"
@@ -65,6 +68,19 @@ def build_model(init: str | Path) -> GroundingDINO:
         return GroundingDINO(PRESETS[preset]())
     model, _ = load_model(init)
     return model
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float,
+                  time_window: tuple[float, float] | None = None) -> float:  # fmt: skip
+    """Learning-rate factor: linear warm-up, then cosine from 1 to `floor` over the remaining steps, or over
+    `time_window` (start, deadline of time.monotonic()) when that is further along."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if time_window is not None:
+        start, end = time_window
+        progress = max(progress, min(1.0, (time.monotonic() - start) / (end - start)))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _is_backbone(name: str) -> bool:
@@ -101,15 +117,13 @@ class Trainer:
         )
         self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
         self.total_steps = self.steps_per_epoch * self.config.epochs
+        self._time_window: tuple[float, float] | None = None  # (start, deadline) when annealing to a time limit
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0  # optimizer steps done
 
     def _lr_factor(self, step: int) -> float:
-        if step < self.config.warmup_steps:
-            return (step + 1) / self.config.warmup_steps
-        progress = min(1.0, (step - self.config.warmup_steps) / max(1, self.total_steps - self.config.warmup_steps))
-        floor = self.config.min_lr_ratio
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        config = self.config
+        return warmup_cosine(step, config.warmup_steps, self.total_steps, config.min_lr_ratio, self._time_window)
 
     def _batches(self, epoch: int, skip: int) -> Iterable[GroundingBatch]:
         """The epoch's batches in a seeded order, skipping the first `skip` (resume mid-epoch)."""
@@ -141,6 +155,8 @@ class Trainer:
         the step during which `time_limit_s` seconds pass (then `resume` can finish the run). Returns the last step's losses
         and writes `model.pth` (weights + config only, `grounding.checkpoint.save_checkpoint`)."""
         deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
+        if self.config.anneal_to_time_limit and time_limit_s is not None:
+            self._time_window = (time.monotonic(), deadline)
         torch.manual_seed(self.config.seed + self.step)
         random.seed(self.config.seed + self.step)
         np.random.seed(self.config.seed + self.step)

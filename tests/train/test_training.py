@@ -165,11 +165,39 @@ def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path)
 
 
 def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
-    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, epochs=1, batch_size=2, warmup_steps=1)
+    recipe = DemoRecipe(
+        image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2, warmup_steps=1,
+        sam_variant="tiny", sam_epochs=1, sam_batch_size=2,
+    )  # fmt: skip
     summary = run(tmp_path, recipe, minutes=None, device="cpu", progress=False)
-    assert summary["steps"] == summary["total_steps"] == 2
-    assert summary["heldout"]["num_images"] == 2 and 0 <= summary["heldout"]["absent_without_box"] <= 1
+    assert summary["detector_training"]["steps"] == summary["detector_training"]["total_steps"] == 2
+    assert summary["sam_training"]["steps"] == summary["sam_training"]["total_steps"] == 2
+    heldout = summary["heldout"]
+    assert heldout["detector"]["num_images"] == 2 and 0 <= heldout["detector"]["absent_without_box"] <= 1
+    assert 0 <= heldout["sam_mask_iou"] <= 1
     assert json.loads((tmp_path / "results.json").read_text()) == summary
     train = json.loads((tmp_path / "data/train/annotations.json").read_text())
-    heldout = json.loads((tmp_path / "data/heldout/annotations.json").read_text())
-    assert train["info"]["seed"] != heldout["info"]["seed"]
+    heldout_data = json.loads((tmp_path / "data/heldout/annotations.json").read_text())
+    assert train["info"]["seed"] != heldout_data["info"]["seed"]
+    assert build_model(tmp_path / "model" / "model.pth").config.input_size == (96, 96)
+
+
+def test_demo_model_parts_run_separately_and_merge_results(tmp_path):
+    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
+                        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
+    run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("data",))
+    assert not (tmp_path / "model").exists()
+    run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("sam",))
+    run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("detector",))
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["sam_training"]["steps"] == 2 and merged["detector_training"]["steps"] == 2
+    assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.pth", "sam.pth", "log.jsonl", "log_sam.jsonl"}
+
+
+def test_parallel_generation_equals_serial(tmp_path):
+    config = ShapesConfig(image_size=(64, 64))
+    serial = json.loads(generate_dataset(tmp_path / "serial", 5, seed=2, config=config).read_text())
+    parallel = json.loads(generate_dataset(tmp_path / "parallel", 5, seed=2, config=config, workers=2).read_text())
+    assert serial == parallel
+    for name in ("000000.png", "000004.png"):
+        assert (tmp_path / "serial/images" / name).read_bytes() == (tmp_path / "parallel/images" / name).read_bytes()

@@ -1,0 +1,260 @@
+"""Training a small SAM on box prompts (the shipped "shapes" segmenter), and its mask-IoU evaluation.
+
+The model is `segment-anything`'s own `Sam` (built by `grounding.sam.build_sam`, official state-dict keys), so
+the result loads through `SamSegmenter.from_pretrained(variant, checkpoint)` like a released checkpoint.
+Each step encodes a batch of images once and decodes every object of each image from its (jittered) box, with
+the SAM paper's losses on the single-mask output: 20 x focal + 1 x dice on the mask, MSE between the predicted
+and the actual IoU. Images go through the same `ResizeLongestSide` + `Sam.preprocess` as `SamPredictor`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import sigmoid_focal_loss
+from tqdm import tqdm
+
+from grounding.train.data import decode_segmentation
+from grounding.train.trainer import warmup_cosine
+
+SAM_LAST_CHECKPOINT = "sam_checkpoint_last.pth"
+SAM_FINAL_WEIGHTS = "sam.pth"
+
+
+@dataclass
+class SamTrainConfig:
+    epochs: int = 20
+    batch_size: int = 16  # images per step; every object of an image is a prompt
+    lr: float = 4e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    box_jitter: float = 0.1  # std of each box coordinate's noise, as a fraction of the box side (SAM paper)
+    max_jitter_px: float = 20.0
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    num_workers: int = 0
+    seed: int = 0
+    anneal_to_time_limit: bool = False  # as TrainConfig's
+
+
+@dataclass
+class SamSample:
+    image: Tensor  # [3, h, w] uint8, resized so the long side is img_size (SamPredictor's input)
+    boxes: Tensor  # [N, 4] xyxy px in the resized image
+    masks: Tensor  # [N, img_size, img_size] bool, resized and zero-padded bottom/right like the image
+
+
+class SamBoxDataset(Dataset):
+    """Images with instance masks from a COCO JSON, prepared for SAM's input frame (`img_size` square)."""
+
+    def __init__(self, annotation_file: str | Path, image_dir: str | Path, img_size: int) -> None:
+        coco = json.loads(Path(annotation_file).read_text())
+        self.image_dir = Path(image_dir)
+        self.img_size = img_size
+        self.transform = ResizeLongestSide(img_size)
+        self.images = sorted(coco["images"], key=lambda im: im["id"])
+        self.annotations: dict[int, list[dict]] = {}
+        for annotation in coco["annotations"]:
+            if not annotation.get("iscrowd", 0):
+                self.annotations.setdefault(annotation["image_id"], []).append(annotation)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> SamSample:
+        info = self.images[index]
+        image = np.asarray(Image.open(self.image_dir / info["file_name"]).convert("RGB"))  # [H0, W0, 3]
+        height0, width0 = image.shape[:2]
+        resized = self.transform.apply_image(image)  # [h, w, 3]
+        height, width = resized.shape[:2]
+        annotations = self.annotations.get(info["id"], [])
+        masks0 = np.stack([decode_segmentation(a["segmentation"], height0, width0) for a in annotations]) if annotations \
+            else np.zeros((0, height0, width0), bool)  # fmt: skip
+        masks = F.interpolate(torch.from_numpy(masks0)[:, None].float(), (height, width), mode="nearest")[:, 0] > 0.5
+        padded = torch.zeros(len(annotations), self.img_size, self.img_size, dtype=torch.bool)
+        padded[:, :height, :width] = masks
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)  # xywh px
+        boxes[:, 2:] += boxes[:, :2]
+        boxes = torch.as_tensor(self.transform.apply_boxes(boxes.numpy(), (height0, width0)), dtype=torch.float32)
+        return SamSample(torch.from_numpy(resized).permute(2, 0, 1).contiguous(), boxes, padded)
+
+
+def collate_sam(samples: list[SamSample]) -> list[SamSample]:
+    return samples
+
+
+def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """logits, targets [N, H, W] -> mean over N of 1 - soft dice."""
+    probs = logits.sigmoid().flatten(1)
+    targets = targets.flatten(1)
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).mean()
+
+
+def mask_iou(predicted: Tensor, targets: Tensor) -> Tensor:
+    """Boolean masks [N, H, W] -> IoU per mask [N] (1 where both are empty)."""
+    intersection = (predicted & targets).flatten(1).sum(-1).float()
+    union = (predicted | targets).flatten(1).sum(-1).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+
+
+def jitter_boxes(boxes: Tensor, config: SamTrainConfig, generator: torch.Generator, limit: int) -> Tensor:
+    """boxes [N, 4] xyxy px -> noisy boxes: each coordinate moved by N(0, jitter * side), capped, inside the image."""
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # [N, 4] (w, h, w, h)
+    noise = torch.randn(boxes.shape, generator=generator) * config.box_jitter * sides
+    noisy = boxes + noise.clamp(-config.max_jitter_px, config.max_jitter_px)
+    return noisy.clamp(0, limit)
+
+
+def decode_prompts(sam: Sam, embedding: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """One image's embedding [1, C, E, E] and boxes [N, 4] (input frame) -> mask logits [N, S, S] (S = img_size,
+    upsampled from SAM's low-res output as `Sam.postprocess_masks` does) and predicted IoU [N]."""
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    low_res, iou = sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )  # [N, 1, 4E, 4E], [N, 1]
+    size = sam.image_encoder.img_size
+    logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[:, 0]
+    return logits, iou[:, 0]
+
+
+def _images_to_input(sam: Sam, samples: list[SamSample], device: torch.device) -> Tensor:
+    """uint8 images of several sizes -> [B, 3, S, S] normalised and padded (`Sam.preprocess`)."""
+    return torch.cat([sam.preprocess(s.image.to(device)[None].float()) for s in samples])
+
+
+class SamTrainer:
+    """Trains `sam` on `dataset`; writes sam_checkpoint_last.pth (resumable), log_sam.jsonl and sam.pth."""
+
+    def __init__(self, sam: Sam, dataset: SamBoxDataset, out_dir: str | Path, config: SamTrainConfig | None = None,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+        self.config = config or SamTrainConfig()
+        self.device = torch.device(device)
+        self.sam = sam.to(self.device)
+        self.dataset = dataset
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.optimizer = torch.optim.AdamW(sam.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self._time_window: tuple[float, float] | None = None  # (start, deadline) when annealing to a time limit
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+
+    def _lr_factor(self, step: int) -> float:
+        config = self.config
+        return warmup_cosine(step, config.warmup_steps, self.total_steps, config.min_lr_ratio, self._time_window)
+
+    def train_step(self, samples: list[SamSample]) -> dict[str, float]:
+        self.sam.train()
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        embeddings = self.sam.image_encoder(_images_to_input(self.sam, samples, self.device))  # [B, C, E, E]
+        focal, dice, iou_error, count = [], [], [], 0
+        for b, sample in enumerate(samples):
+            if len(sample.boxes) == 0:
+                continue
+            boxes = jitter_boxes(sample.boxes, self.config, generator, self.dataset.img_size).to(self.device)
+            targets = sample.masks.to(self.device)  # [N, S, S]
+            logits, predicted_iou = decode_prompts(self.sam, embeddings[b : b + 1], boxes)
+            focal.append(sigmoid_focal_loss(logits, targets.float(), reduction="none").flatten(1).mean(-1))
+            dice.append(dice_loss(logits, targets.float()) * len(boxes))
+            actual = mask_iou(logits.detach() > 0, targets)
+            iou_error.append((predicted_iou - actual) ** 2)
+            count += len(boxes)
+        losses = {
+            "focal": torch.cat(focal).sum() / max(count, 1),
+            "dice": torch.stack(dice).sum() / max(count, 1),
+            "iou": torch.cat(iou_error).sum() / max(count, 1),
+        }
+        config = self.config
+        losses["loss"] = config.focal_weight * losses["focal"] + config.dice_weight * losses["dice"] + config.iou_weight * losses["iou"]
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def fit(self, progress: bool = True, time_limit_s: float | None = None) -> dict[str, float]:
+        """Train to `config.epochs` or until `time_limit_s` passes; writes sam.pth (state dict only)."""
+        deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
+        if self.config.anneal_to_time_limit and time_limit_s is not None:
+            self._time_window = (time.monotonic(), deadline)
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train sam", unit="step")
+        with (self.out_dir / "log_sam.jsonl").open("a") as log:
+            while self.step < self.total_steps and time.monotonic() < deadline:
+                epoch, done = divmod(self.step, self.steps_per_epoch)
+                order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+                size = self.config.batch_size
+                batches = [order[s : s + size].tolist() for s in range(done * size, len(order), size)]
+                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_sam, num_workers=self.config.num_workers)
+                for samples in loader:
+                    last = self.train_step(samples)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}")
+                    if self.step % self.config.log_every == 0:
+                        log.write(json.dumps({"step": self.step, "epoch": epoch, **last}) + "\n")
+                        log.flush()
+                    if self.step % self.config.checkpoint_every == 0:
+                        self.save(self.out_dir / SAM_LAST_CHECKPOINT)
+                    if time.monotonic() >= deadline:
+                        break
+        bar.close()
+        self.save(self.out_dir / SAM_LAST_CHECKPOINT)
+        torch.save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out_dir / SAM_FINAL_WEIGHTS)
+        return last
+
+    def save(self, path: Path) -> None:
+        checkpoint = {
+            "model": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "train_config": asdict(self.config),
+        }
+        temporary = path.with_suffix(".tmp")
+        torch.save(checkpoint, temporary)
+        temporary.replace(path)
+
+    def resume(self, path: str | Path) -> None:
+        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+        self.sam.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.step = int(checkpoint["step"])
+
+
+@torch.no_grad()
+def evaluate_sam(sam: Sam, dataset: SamBoxDataset, device: str | torch.device = "cpu", progress: bool = False) -> float:
+    """Mean mask IoU over every object of `dataset`, prompted with its exact box (thresholded at logit 0)."""
+    sam = sam.to(device).eval()
+    ious = []
+    for index in tqdm(range(len(dataset)), disable=not progress, desc="eval sam"):
+        sample = dataset[index]
+        if len(sample.boxes) == 0:
+            continue
+        embedding = sam.image_encoder(_images_to_input(sam, [sample], torch.device(device)))
+        logits, _ = decode_prompts(sam, embedding, sample.boxes.to(device))
+        ious.append(mask_iou(logits > 0, sample.masks.to(device)).cpu())
+    return float(torch.cat(ious).mean()) if ious else float("nan")

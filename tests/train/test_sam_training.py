@@ -1,0 +1,81 @@
+"""SAM box-prompt training: the data frame, the losses on known cases, the loss falling, and the result loading
+through the studio's SAM path."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grounding.sam import SAM_VARIANTS, SamSegmenter, build_sam
+from grounding.train.sam_trainer import (
+    SAM_FINAL_WEIGHTS,
+    SamBoxDataset,
+    SamTrainConfig,
+    SamTrainer,
+    dice_loss,
+    evaluate_sam,
+    jitter_boxes,
+    mask_iou,
+)
+from grounding.train.shapes import ShapesConfig, generate_dataset
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sam_shapes")
+    annotation_file = generate_dataset(out, num_images=3, seed=5, config=ShapesConfig(image_size=(SIZE, SIZE)))
+    return SamBoxDataset(annotation_file, out / "images", SAM_VARIANTS["tiny"].img_size)
+
+
+def test_dice_and_iou_on_known_masks():
+    target = torch.zeros(1, 4, 4)
+    target[0, :2] = 1  # 8 of 16 pixels
+    perfect = torch.where(target > 0, 20.0, -20.0)
+    assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(-perfect, target).item() == pytest.approx(1 - 1 / 17, abs=1e-4)  # the complement: 1 - 1/(8+8+1)
+    half = torch.zeros(1, 4, 4, dtype=torch.bool)
+    half[0, :1] = True  # 4 of the 8 target pixels
+    assert mask_iou(half, target.bool()).item() == pytest.approx(0.5)
+    assert mask_iou(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == 1.0
+
+
+def test_jitter_moves_boxes_within_the_image():
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0]])
+    generator = torch.Generator().manual_seed(0)
+    still = jitter_boxes(boxes, SamTrainConfig(box_jitter=0.0), generator, 100)
+    assert torch.equal(still, boxes)
+    moved = torch.cat([jitter_boxes(boxes, SamTrainConfig(max_jitter_px=5), generator, 100) for _ in range(50)])
+    assert (moved != boxes).any(1).all()
+    assert (moved - boxes).abs().max() <= 5 and moved.min() >= 0 and moved.max() <= 100
+
+
+def test_dataset_puts_boxes_and_masks_in_sam_input_frame(scenes):
+    sample = scenes[0]
+    scale = SAM_VARIANTS["tiny"].img_size / SIZE
+    assert sample.image.shape == (3, 256, 256) and sample.image.dtype == torch.uint8
+    assert sample.masks.shape == (len(sample.boxes), 256, 256)
+    for box, mask in zip(sample.boxes, sample.masks):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        # The mask, resized with the image, spans the resized box (nearest resize: within one source pixel).
+        assert abs(xs.min().item() - box[0].item()) <= scale + 1 and abs(xs.max().item() + 1 - box[2].item()) <= scale + 1
+        assert abs(ys.min().item() - box[1].item()) <= scale + 1 and abs(ys.max().item() + 1 - box[3].item()) <= scale + 1
+
+
+def test_loss_falls_and_weights_load_in_the_studio_path(scenes, tmp_path):
+    torch.manual_seed(0)
+    config = SamTrainConfig(epochs=100, batch_size=3, lr=5e-3, warmup_steps=1, box_jitter=0.0)
+    trainer = SamTrainer(build_sam(SAM_VARIANTS["tiny"]), scenes, tmp_path, config)
+    batch = [scenes[i] for i in range(3)]
+    losses = [trainer.train_step(batch) for _ in range(80)]  # ~12 s on 2 cores
+    assert sum(s["loss"] for s in losses[-3:]) < 0.6 * sum(s["loss"] for s in losses[:3])
+    assert losses[-1]["dice"] < losses[0]["dice"]  # the focal term falls first, the masks follow slowly
+    assert 0 <= evaluate_sam(trainer.sam, scenes) <= 1
+
+    trainer.fit(progress=False, time_limit_s=0)  # stops after one step, writes the weights
+    segmenter = SamSegmenter.from_pretrained("tiny", checkpoint=tmp_path / SAM_FINAL_WEIGHTS, device="cpu")
+    image = scenes.images[0]
+    rgb = np.asarray(Image.open(scenes.image_dir / image["file_name"]).convert("RGB"))
+    boxes = (scenes[0].boxes.numpy() * SIZE / 256).round()
+    masks = segmenter.decode_boxes(segmenter.encode_image(rgb), boxes)
+    assert masks.masks.shape == (len(boxes), SIZE, SIZE)
