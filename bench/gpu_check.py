@@ -53,12 +53,19 @@ class Report:
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # (section, item, value)
     failures: list[str] = field(default_factory=list)
     numbers: dict[str, float | str | bool] = field(default_factory=dict)
+    json_path: Path | None = None  # rewritten after every number, so a run cut short keeps what it measured
+
+    def write_json(self) -> None:
+        if self.json_path is not None:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps({"device": self.device, "numbers": self.numbers, "failures": self.failures}, indent=2))
 
     def add(self, section: str, item: str, value: float | str | bool, unit: str = "") -> None:
         self.numbers[f"{section}/{item}"] = value
         text = f"{value:.4g}{unit}" if isinstance(value, float) else f"{value}{unit}"
         self.rows.append((section, item, text))
         print(f"  [{section}] {item}: {text}", flush=True)
+        self.write_json()
 
     def check(self, section: str, item: str, ok: bool, detail: str) -> None:
         self.add(section, item, f"{'ok' if ok else 'FAIL'} ({detail})")
@@ -322,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    report = Report(device=f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    report = Report(device=f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}", json_path=args.json)
     print(report.device, flush=True)
     image_hw = (64, 96) if args.dry_run else (800, 1200)
     decoder_queries = 64 if args.dry_run else 900
@@ -344,10 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table())
     if report.failures:
         print("\nFAILED:\n  " + "\n  ".join(report.failures))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": report.device, "numbers": report.numbers,
-                                         "failures": report.failures}, indent=2))
+    report.write_json()
     return 1 if report.failures else 0
 
 

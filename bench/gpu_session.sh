@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Everything this repo does on a lent GPU machine, in one command of under 10 minutes (from the repo root):
+#   1. bench/gpu_check.py: the CUDA op (build, correctness, gradcheck, timings) and the detector vs transformers;
+#   2. while the op builds, the shapes training data is generated on the CPU cores;
+#   3. the shipped "shapes" detector and SAM train side by side on the GPU for TRAIN_MINUTES each.
+# Results land in $OUT (default /tmp/gpu_session): gpu_check.json, session.tgz (logs), model_fp16.pth, sam_fp16.pth.
+# Python packages the GPU image lacks (segment-anything, supervision, defusedxml) come as wheels in .whl/.
+set -u
+OUT=${OUT:-/tmp/gpu_session}
+TRAIN_MINUTES=${TRAIN_MINUTES:-5}
+CHECK_SECONDS=${CHECK_SECONDS:-230}
+DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
+WORK=/tmp/shapes_run
+mkdir -p "$OUT" "$WORK/logs"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+started=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - started )) s] $*" | tee -a "$WORK/logs/session.log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$WORK/logs/nvidia_smi.txt" 2>&1
+
+stamp "data generation starts (background)"
+python3 -m grounding.train.demo_model --out "$WORK" --part data --workers 12 --no-progress $DEMO_ARGS >"$WORK/logs/data.log" 2>&1 &
+data_pid=$!
+
+stamp "gpu_check starts"
+timeout "$CHECK_SECONDS" python3 bench/gpu_check.py --json "$OUT/gpu_check.json" >"$WORK/logs/gpu_check.log" 2>&1
+stamp "gpu_check exit $?"
+wait $data_pid
+stamp "data generation exit $? ($(ls "$WORK/data/train/images" 2>/dev/null | wc -l) train images)"
+
+# The training uses the PyTorch deformable-attention path: its gradients are the tested ones.
+stamp "training starts"
+GROUNDING_DISABLE_CUDA_OP=1 timeout $(( TRAIN_MINUTES * 60 + 45 )) python3 -m grounding.train.demo_model --out "$WORK" \
+    --part detector --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers 8 --no-progress $DEMO_ARGS >"$WORK/logs/detector.log" 2>&1 &
+detector_pid=$!
+timeout $(( TRAIN_MINUTES * 60 + 45 )) python3 -m grounding.train.demo_model --out "$WORK" \
+    --part sam --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers 4 --no-progress $DEMO_ARGS >"$WORK/logs/sam.log" 2>&1 &
+sam_pid=$!
+wait $detector_pid; stamp "detector training exit $?"
+wait $sam_pid; stamp "sam training exit $?"
+
+python3 - "$WORK/model" "$OUT" <<'EOF' >>"$WORK/logs/session.log" 2>&1
+import sys, torch
+from pathlib import Path
+model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+half = lambda sd: {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+for name, target in (("model.pth", "model_fp16.pth"), ("sam.pth", "sam_fp16.pth")):
+    if (model_dir / name).is_file():
+        checkpoint = torch.load(model_dir / name, map_location="cpu", weights_only=True)
+        if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+            checkpoint = {**checkpoint, "model": half(checkpoint["model"])}
+        else:
+            checkpoint = half(checkpoint)
+        torch.save(checkpoint, out / target)
+        print("saved", out / target)
+EOF
+cp "$WORK"/model/*.jsonl "$WORK/results.json" "$WORK/logs/" 2>/dev/null
+tar -czf "$OUT/session.tgz" -C "$WORK" logs
+stamp "done"
