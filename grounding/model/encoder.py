@@ -190,8 +190,9 @@ class FeatureEnhancer(nn.Module):
         text_padding: Tensor,  # [B, T] bool, True = padding
         block_mask: Tensor,  # [B, T, T] bool, True = may attend
         position_ids: Tensor,  # [B, T] int64
+        level_shapes: list[tuple[int, int]] | None = None,  # spatial_shapes as Python ints (saves a device sync)
     ) -> tuple[Tensor, Tensor]:  # memory [B, N, d], enhanced text [B, T, d]
-        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        shapes = level_shapes or [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
         reference_points = encoder_reference_points(shapes, valid_ratios)  # [B, N, L, 2]
         text_pos = sine_embedding(position_ids[..., None].to(text.dtype), self.d_model)  # [B, T, d]
         for fusion, text_layer, layer in zip(self.fusion_layers, self.text_layers, self.layers):

@@ -67,6 +67,7 @@ class GroundingTransformer(nn.Module):
         d = config.d_model
         self.config = config
         self.level_embed = nn.Parameter(torch.zeros(config.num_feature_levels, d))
+        self._level_index_cache: dict[tuple, tuple[Tensor, Tensor]] = {}  # see level_index
         self.encoder = FeatureEnhancer(
             config.encoder_layers, d, config.encoder_ffn_dim, config.num_heads, config.num_feature_levels,
             config.encoder_n_points, config.text_enhancer_ffn_dim, config.text_enhancer_heads, config.fusion_dim,
@@ -94,6 +95,18 @@ class GroundingTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
         nn.init.normal_(self.tgt_embed.weight)
 
+    def level_index(self, shapes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, Tensor]:
+        """spatial_shapes [L, 2] and level_start_index [L] (int64 on `device`) for these level sizes.
+
+        Cached per (sizes, device): a forward then copies nothing from host to device, which CUDA-graph
+        capture requires and which saves a synchronising copy per forward."""
+        key = (tuple(shapes), str(device))
+        if key not in self._level_index_cache:
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
+            starts = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+            self._level_index_cache[key] = (spatial_shapes, starts)
+        return self._level_index_cache[key]
+
     def flatten(self, image: ImageFeatures) -> FlatImage:
         src, pos, padding, shapes = [], [], [], []
         for level, (feature, mask, level_pos) in enumerate(zip(image.features, image.masks, image.pos)):
@@ -101,9 +114,7 @@ class GroundingTransformer(nn.Module):
             src.append(feature.flatten(2).transpose(1, 2))  # [B, H*W, d]
             pos.append(level_pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
             padding.append(mask.flatten(1))
-        device = image.features[0].device
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes, level_start_index = self.level_index(shapes, image.features[0].device)
         # fp32 under autocast too: reference points and sampling grids derive from these ratios
         dtype = torch.promote_types(image.features[0].dtype, torch.float32)
         ratios = torch.stack([valid_ratios(m, dtype) for m in image.masks], 1)  # [B, L, 2]
@@ -123,7 +134,7 @@ class GroundingTransformer(nn.Module):
         text_padding = ~text_token_mask
         memory, text = self.encoder(
             flat.src, flat.pos, flat.padding, flat.spatial_shapes, flat.level_start_index, flat.valid_ratios,
-            text, text_padding, block_mask, position_ids,
+            text, text_padding, block_mask, position_ids, flat.shapes,
         )
         selection = select_queries(
             memory, flat.padding, flat.shapes, text, text_token_mask, self.enc_output, self.enc_output_norm,

@@ -52,7 +52,9 @@ def sub_sentence_masks(input_ids: Tensor, attention_mask: Tensor | None = None) 
     """
     batch, length = input_ids.shape
     device = input_ids.device
-    special = torch.isin(input_ids, torch.tensor(SPECIAL_TOKEN_IDS, device=device))  # [B, T]
+    special = torch.zeros_like(input_ids, dtype=torch.bool)  # [B, T]; compared id by id: no host->device copy
+    for token_id in SPECIAL_TOKEN_IDS:
+        special |= input_ids == token_id
     index = torch.arange(length, device=device).expand(batch, length)  # [B, T]
 
     if attention_mask is None:
