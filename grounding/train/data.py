@@ -229,6 +229,11 @@ class GroundingBatch:
         )
 
 
+def single_thread_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: one intra-op thread per worker (N workers x all cores oversubscribes)."""
+    torch.set_num_threads(1)
+
+
 def collate(samples: list[GroundingSample]) -> GroundingBatch:
     """Pad images to the largest in the batch and captions to the longest."""
     height = max(s.pixel_values.shape[1] for s in samples)

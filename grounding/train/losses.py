@@ -75,18 +75,24 @@ class GroundingCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """Unweighted losses of one prediction stage: pred_logits [B, Q, T], pred_boxes [B, Q, 4] cxcywh."""
         matches = self.matcher(pred_logits, pred_boxes, targets)
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(pred_logits.device)
-        query_idx = torch.cat([q for q, _ in matches]).to(pred_logits.device)
+        device = pred_logits.device
+        # Matches as indices into the batch's concatenated targets: one small host->device copy per stage
+        # instead of an indexing op per image.
+        offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets]).cumsum(0)[:-1].tolist()
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
+        query_idx = torch.cat([q for q, _ in matches])
+        target_idx = torch.cat([i + offset for (_, i), offset in zip(matches, offsets)])
+        batch_idx, query_idx, target_idx = torch.stack([batch_idx, query_idx, target_idx]).to(device)
+        all_maps = torch.cat([t["positive_map"] for t in targets]).to(device)  # [sum N, T]
+        all_boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes)  # [sum N, 4]
 
         token_targets = torch.zeros_like(pred_logits, dtype=torch.float32)  # [B, Q, T]; unmatched queries: zeros
-        matched_maps = [t["positive_map"][i].to(pred_logits.device) for t, (_, i) in zip(targets, matches)]
         if query_idx.numel():
-            token_targets[batch_idx, query_idx] = torch.cat(matched_maps).float()
+            token_targets[batch_idx, query_idx] = all_maps[target_idx].float()
         valid = torch.isfinite(pred_logits)
         loss_cls = token_focal_loss(pred_logits, token_targets, valid, num_boxes, self.focal_alpha, self.focal_gamma)
 
-        target_boxes = torch.cat([t["boxes"][i].to(pred_boxes.device) for t, (_, i) in zip(targets, matches)])
-        loss_bbox, loss_giou = box_losses(pred_boxes[batch_idx, query_idx], target_boxes.to(pred_boxes), num_boxes)
+        loss_bbox, loss_giou = box_losses(pred_boxes[batch_idx, query_idx], all_boxes[target_idx], num_boxes)
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(self, outputs: Any, targets: list[Target]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
-from grounding.train.data import decode_segmentation
+from grounding.train.data import decode_segmentation, single_thread_worker
 from grounding.train.trainer import warmup_cosine
 
 SAM_LAST_CHECKPOINT = "sam_checkpoint_last.pth"
@@ -208,7 +208,8 @@ class SamTrainer:
                 order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
                 size = self.config.batch_size
                 batches = [order[s : s + size].tolist() for s in range(done * size, len(order), size)]
-                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_sam, num_workers=self.config.num_workers)
+                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_sam,
+                                    num_workers=self.config.num_workers, worker_init_fn=single_thread_worker)
                 for samples in loader:
                     last = self.train_step(samples)
                     bar.update(1)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint
 from grounding.config import PRESETS
 from grounding.model import GroundingDINO
-from grounding.train.data import CocoGroundingDataset, GroundingBatch, collate
+from grounding.train.data import CocoGroundingDataset, GroundingBatch, collate, single_thread_worker
 from grounding.train.losses import GroundingCriterion
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
@@ -131,7 +131,8 @@ class Trainer:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
         size = self.config.batch_size
         batches = [order[start : start + size].tolist() for start in range(skip * size, len(order), size)]
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.config.num_workers)
+        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.config.num_workers,
+                          worker_init_fn=single_thread_worker)
 
     def train_step(self, batch: GroundingBatch) -> dict[str, float]:
         """One optimizer step; returns the step's losses as floats."""
