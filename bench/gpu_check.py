@@ -43,6 +43,7 @@ from grounding.precision import inference_precision  # noqa: E402
 BOX_THRESHOLD = 0.35
 LOW_PRECISION_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 CAPTION = "a cat . a remote control . the sofa ."
+DECODER_NORM_SCALE = 0.05  # applied to both models' shared random weights (see time_model)
 
 
 @dataclass
@@ -245,6 +246,46 @@ def compare_outputs(report: Report, name: str, probs_a, boxes_a, probs_b, boxes_
                f"{len(boxes_a)} vs {len(boxes_b)}, {same} of the latter matched")
 
 
+def cuda_graph(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`fn` (static inputs) captured once as a CUDA graph under bf16 autocast (weight-cast cache off, as capture
+    needs); the returned callable replays it and returns the captured outputs. Captured on first call."""
+    graph: list = []
+
+    def replay():
+        if not graph:
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, cache_enabled=False):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up on a side stream (lazy init, caches) before capture
+                        fn()
+                torch.cuda.current_stream().wait_stream(side)
+                captured = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(captured):
+                    outputs = fn()
+            graph.extend([captured, outputs])
+        graph[0].replay()
+        return graph[1]
+
+    return replay
+
+
+def host_syncs(fn: Callable[[], object]) -> list[str]:
+    """file:line of every operation in one call of `fn` that makes the host wait for the GPU (or copies from
+    pageable host memory): what CUDA-graph capture cannot contain. Uses torch's sync debug mode ("warn")."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
+
+
 def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], iters: int, tiny: bool,
                compile_model: bool) -> None:
     from grounding.config import swint_ogc
@@ -254,6 +295,9 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
 
     config = tiny_config() if tiny else swint_ogc()
     model = random_model(as_transformers_port(config), seed=0)
+    with torch.no_grad():  # random decoder states saturate every score at 1.0; 20x smaller logits spread them
+        model.transformer.decoder.norm.weight.mul_(DECODER_NORM_SCALE)
+        model.transformer.decoder.norm.bias.mul_(DECODER_NORM_SCALE)
     with tempfile.TemporaryDirectory() as directory:
         hf_model, _ = load_hf_reference(model, directory)
     model, hf_model = model.to(device), hf_model.to(device)
@@ -277,6 +321,11 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
         "transformers fp32": (theirs, "fp32", False),
         "transformers bf16": (theirs, "bf16", True),
     }
+    if device.type == "cuda":
+        with inference_precision(device, "bf16"):
+            syncs = host_syncs(ours)
+        report.add("model", "ours bf16 host syncs per forward", f"{len(syncs)}: {', '.join(dict.fromkeys(syncs))}")
+        runs["ours bf16 CUDA graph"] = (cuda_graph(ours, device), "bf16", True)
     if compile_model:
         compiled = torch.compile(model)
 
@@ -308,13 +357,20 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
                         *results["transformers fp32"][:2])
     if "ours fp32" in results and "ours bf16" in results:
         compare_outputs(report, "ours bf16 vs fp32", *results["ours bf16"][:2], *results["ours fp32"][:2])
+    if "ours bf16 CUDA graph" in results and "ours fp32" in results:
+        compare_outputs(report, "ours bf16 CUDA graph vs fp32", *results["ours bf16 CUDA graph"][:2],
+                        *results["ours fp32"][:2])
+        graph_speedup = results["transformers fp32"][2] / results["ours bf16 CUDA graph"][2]
+        report.add("model", "speedup ours bf16 CUDA graph vs transformers fp32", graph_speedup, "x")
     if "ours bf16" in results and "transformers fp32" in results:
         speedup = results["transformers fp32"][2] / results["ours bf16"][2]
         report.add("model", "speedup ours bf16 vs transformers fp32", speedup, "x")
         if device.type == "cuda":
-            report.check("model", "target <= 20 ms bf16", results["ours bf16"][2] <= 20.0,
-                         f"{results['ours bf16'][2]:.1f} ms")
-            report.check("model", "target >= 4x transformers fp32", speedup >= 4.0, f"{speedup:.2f}x")
+            best = min((name for name in results if name.startswith("ours bf16")), key=lambda n: results[n][2])
+            best_ms = results[best][2]
+            best_speedup = results["transformers fp32"][2] / best_ms
+            report.check("model", "target <= 20 ms bf16", best_ms <= 20.0, f"{best}: {best_ms:.1f} ms")
+            report.check("model", "target >= 4x transformers fp32", best_speedup >= 4.0, f"{best}: {best_speedup:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--skip-model", action="store_true", help="only the op sections")
+    parser.add_argument("--skip-op", action="store_true", help="only the build and the detector section")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model) in bf16 (slow)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -338,10 +395,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print("1. build", flush=True)
     available = check_build(report, device)
-    print("2. op correctness", flush=True)
-    check_op(report, device, available)
-    print("3. op timing", flush=True)
-    time_op(report, device, available, image_hw, iters, decoder_queries)
+    if not args.skip_op:
+        print("2. op correctness", flush=True)
+        check_op(report, device, available)
+        print("3. op timing", flush=True)
+        time_op(report, device, available, image_hw, iters, decoder_queries)
     if not args.skip_model:
         print("4. detector timing", flush=True)
         time_model(report, device, image_hw, iters, tiny=args.dry_run, compile_model=args.compile)

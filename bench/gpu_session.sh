@@ -9,6 +9,8 @@ set -u
 OUT=${OUT:-/tmp/gpu_session}
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 CHECK_SECONDS=${CHECK_SECONDS:-230}
+GPU_CHECK_ARGS=${GPU_CHECK_ARGS:-}  # e.g. --skip-op
+TRAIN_PARTS=${TRAIN_PARTS:-detector sam}
 DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
 WORK=/tmp/shapes_run
 mkdir -p "$OUT" "$WORK/logs"
@@ -26,21 +28,23 @@ python3 -m grounding.train.demo_model --out "$WORK" --part data --workers 12 --n
 data_pid=$!
 
 stamp "gpu_check starts"
-timeout "$CHECK_SECONDS" python3 bench/gpu_check.py --json "$OUT/gpu_check.json" >"$WORK/logs/gpu_check.log" 2>&1
+timeout "$CHECK_SECONDS" python3 bench/gpu_check.py $GPU_CHECK_ARGS --json "$OUT/gpu_check.json" >"$WORK/logs/gpu_check.log" 2>&1
 stamp "gpu_check exit $?"
 wait $data_pid
 stamp "data generation exit $? ($(ls "$WORK/data/train/images" 2>/dev/null | wc -l) train images)"
 
 # The training uses the PyTorch deformable-attention path: its gradients are the tested ones.
-stamp "training starts"
-GROUNDING_DISABLE_CUDA_OP=1 timeout $(( TRAIN_MINUTES * 60 + 45 )) python3 -m grounding.train.demo_model --out "$WORK" \
-    --part detector --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers 8 --no-progress $DEMO_ARGS >"$WORK/logs/detector.log" 2>&1 &
-detector_pid=$!
-timeout $(( TRAIN_MINUTES * 60 + 45 )) python3 -m grounding.train.demo_model --out "$WORK" \
-    --part sam --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers 4 --no-progress $DEMO_ARGS >"$WORK/logs/sam.log" 2>&1 &
-sam_pid=$!
-wait $detector_pid; stamp "detector training exit $?"
-wait $sam_pid; stamp "sam training exit $?"
+stamp "training starts: $TRAIN_PARTS"
+limit=$(python3 -c "print(int($TRAIN_MINUTES * 60 + 45))")
+pids=()
+for part in $TRAIN_PARTS; do
+    workers=$([ "$part" = detector ] && echo 8 || echo 4)
+    GROUNDING_DISABLE_CUDA_OP=1 timeout "$limit" python3 -m grounding.train.demo_model --out "$WORK" --part "$part" \
+        --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers "$workers" --no-progress $DEMO_ARGS \
+        >"$WORK/logs/$part.log" 2>&1 &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; stamp "training process $pid exit $?"; done
 
 python3 - "$WORK/model" "$OUT" <<'EOF' >>"$WORK/logs/session.log" 2>&1
 import sys, torch
