@@ -18,6 +18,7 @@ from grounding.errors import GroundingError, WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
 from grounding.cache import PipelineCaches
 from grounding.sam import SAM_VARIANTS, SamSegmenter
+from grounding.shipped import SHAPES_NAME, load_shapes_pipeline, shapes_available
 
 PipelineFactory = Callable[[], GroundedSAM]
 
@@ -40,7 +41,8 @@ class PipelineRegistry:
 
     @property
     def default_name(self) -> str:
-        return self.names[0]
+        """The first model in order that has loaded (the fallback once `load_all` ran), else the first."""
+        return next((name for name in self.names if name in self._pipelines), self.names[0])
 
     def get(self, name: str | None) -> GroundedSAM:
         """The pipeline called `name` (None: the default); raises the loader's GroundingError if it fails."""
@@ -124,6 +126,9 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
             return segmenters[0]
 
     def factory(spec: str) -> PipelineFactory:
+        if spec == SHAPES_NAME:  # the shipped demo bundle brings its own SAM
+            return lambda: load_shapes_pipeline(device, caches)
+
         def build() -> GroundedSAM:
             # Try both models, so the page names everything that is missing at once.
             problems, detector, sam = [], None, None
@@ -141,6 +146,7 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
 
         return build
 
-    return PipelineRegistry(
-        {display_name(spec): factory(spec) for spec in settings.detectors}, sam_enabled=settings.sam_enabled
-    )
+    specs = list(settings.detectors)
+    if SHAPES_NAME not in specs and shapes_available():
+        specs.append(SHAPES_NAME)  # offered always, and the fallback when the real weights cannot be had
+    return PipelineRegistry({display_name(spec): factory(spec) for spec in specs}, sam_enabled=settings.sam_enabled)

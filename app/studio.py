@@ -34,12 +34,17 @@ from grounding.errors import GroundingError, InvalidPromptError
 from grounding.export import annotate, write_bundle
 from grounding.images import LoadedImage
 from grounding.pipeline import GroundedResult, GroundedSAM
+from grounding.shipped import SHAPES_NAME
 from grounding.text import MAX_TOKENS, normalize_caption
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PROMPT_TOKENS = 1024  # 4 passes of the 256-token text window
 F = TypeVar("F", bound=Callable[..., Any])
 
+SHAPES_NOTICE = (
+    ", the small demo model shipped with the studio: it knows coloured circles, squares, triangles, stars "
+    "and rings (try the shapes examples), nothing else"
+)
 WHAT_TO_DO = (
     "Pass local weights: `python app.py --detector /path/groundingdino_swint_ogc.pth --sam vit_b "
     "--sam-checkpoint /path/sam_vit_b_01ec64.pth`, or allow downloads (unset `HF_HUB_OFFLINE` / "
@@ -127,9 +132,18 @@ class Studio:
             f"- **{name}**\n" + "\n".join(f"  - {line}" for line in message.splitlines())
             for name, message in problems.items()
         ]
+        fallback = self.registry.default_name
+        if fallback in self.registry.loaded():
+            what_now = (
+                f"The page uses **{fallback}** instead"
+                + (SHAPES_NOTICE if fallback == SHAPES_NAME else "")
+                + "; the model menu lists every choice.\n\n"
+            )
+        else:
+            what_now = "The studio is running, but it cannot detect anything until the weights are found.\n\n"
         return (
             "### ⚠️ Model weights are not available\n"
-            "The studio is running, but it cannot detect anything until the weights are found.\n\n"
+            + what_now
             + "\n".join(lines)
             + f"\n\n**What to do:** {WHAT_TO_DO}"
         )

@@ -71,6 +71,7 @@ def offline_env(tmp: Path) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1", GROUNDING_OFFLINE="1", HF_HOME=str(tmp / "hf"),
         GROUNDING_CACHE_DIR=str(tmp / "grounding-cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
         PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+        GROUNDING_SHAPES_DIR=str(tmp / "no-shapes"),  # no shipped demo models either (tests/app/test_shipped.py)
     )
     return env
 

@@ -1,0 +1,78 @@
+"""The shipped "shapes" demo bundle (grounding.shipped): loads through the real checkpoint paths, is offered in
+the studio's model menu, and becomes the page's model, with a notice, when the real weights cannot be had.
+A random bundle of the same file layout stands in for assets/shapes/ here."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+from app.models import registry_from_settings
+from app.settings import StudioSettings
+from app.studio import Studio
+from app.ui import build_demo
+from grounding.checkpoint import save_checkpoint
+from grounding.errors import WeightsUnavailableError
+from grounding.sam import SAM_VARIANTS, build_sam
+from grounding.shipped import DETECTOR_FILE, SAM_FILE, SHAPES_NAME, load_shapes_pipeline, shapes_available
+from tests.fixtures.dino import tiny_model
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes_bundle")
+    detector = tiny_model(seed=3)
+    detector.config.input_size = (96, 128)
+    save_checkpoint(detector, folder / DETECTOR_FILE)
+    torch.manual_seed(0)
+    torch.save(build_sam(SAM_VARIANTS["shapes"]).state_dict(), folder / SAM_FILE)
+    return folder
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No hub, no cached real weights: swint_ogc and vit_b cannot load."""
+    for name, value in {"GROUNDING_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+                        "GROUNDING_CACHE_DIR": str(tmp_path / "cache")}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    for name in ("GROUNDING_DINO_CHECKPOINT", "SAM_CHECKPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_bundle_loads_through_the_checkpoint_paths(bundle):
+    pipeline = load_shapes_pipeline("cpu", directory=bundle)
+    assert (pipeline.detector.shortest_side, pipeline.detector.longest_side) == (96, 128)  # from the checkpoint
+    image = np.full((120, 160, 3), 200, np.uint8)
+    image[30:70, 40:90] = (215, 35, 35)
+    result = pipeline.segment(image, "red circle . blue star .", 0.0, 0.25)
+    assert len(result) == tiny_model().config.num_queries
+    assert result.masks.shape == (len(result), 120, 160) and result.masks.dtype == bool
+
+
+def test_missing_bundle_says_how_to_make_it(tmp_path):
+    assert not shapes_available(tmp_path)
+    with pytest.raises(WeightsUnavailableError, match="grounding.train.demo_model"):
+        load_shapes_pipeline("cpu", directory=tmp_path)
+
+
+def test_studio_offers_the_bundle_and_falls_back_to_it(bundle, offline, monkeypatch):
+    monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(bundle))
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), sam="vit_b"))
+    assert registry.names == ["swint_ogc", SHAPES_NAME] and registry.default_name == "swint_ogc"
+    banner = Studio(registry).banner()  # tries every model
+    assert registry.default_name == SHAPES_NAME
+    assert "Model weights are not available" in banner and "uses **shapes** instead" in banner
+    assert "Grounding DINO (swint_ogc)" in banner and "coloured circles" in banner
+
+    demo = build_demo(registry, Studio(registry))
+    menus = [block for block in demo.blocks.values() if isinstance(block, gr.Dropdown) and block.label == "Detector"]
+    assert len(menus) == 1 and menus[0].value == SHAPES_NAME and menus[0].visible
+    assert menus[0].choices == [("swint_ogc", "swint_ogc"), (SHAPES_NAME, SHAPES_NAME)]
+
+
+def test_no_bundle_no_menu_entry(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(tmp_path / "empty"))
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), sam="vit_b"))
+    assert registry.names == ["swint_ogc"]
+    assert "cannot detect anything" in Studio(registry).banner()
