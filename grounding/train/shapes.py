@@ -158,7 +158,7 @@ def _render_one(index: int, out_dir: Path, seed: int, config: ShapesConfig) -> t
     rng = np.random.default_rng([seed, index])
     image, instances = render_scene(rng, config)
     file_name = f"{index:06d}.png"
-    image.save(out_dir / "images" / file_name)
+    image.save(out_dir / "images" / file_name, compress_level=1)  # fast to write; pixels are what count
     width, height = image.size
     names = category_names()
     image_entry = {
