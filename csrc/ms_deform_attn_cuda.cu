@@ -24,6 +24,22 @@ struct Sizes {
   int64_t batch, spatial, queries, heads, channels, levels, points;
 };
 
+// Where output element idx = (b, q, m, d) (flattened) reads and writes: its (b, q, m) row of locations and
+// weights, and the offset of (batch b, pixel 0, head m, channel d) in value and grad_value.
+struct ElementIndex {
+  int64_t channel;       // d
+  int64_t row;           // (b, q, m) flattened
+  int64_t value_offset;  // into [B, S, M, D]
+
+  __host__ __device__ __forceinline__ ElementIndex(int64_t idx, const Sizes& n) {
+    channel = idx % n.channels;
+    row = idx / n.channels;
+    const int64_t head = row % n.heads;
+    const int64_t batch = row / (n.queries * n.heads);
+    value_offset = batch * n.spatial * n.heads * n.channels + head * n.channels + channel;
+  }
+};
+
 // One sampling point on one level: the top-left corner and the bilinear fractions. Corners outside
 // [0, H) x [0, W) read as zero (padding_mode="zeros").
 template <typename acc_t>
@@ -77,13 +93,10 @@ __host__ __device__ __forceinline__ acc_t attend_element(
     const scalar_t* value, const int64_t* spatial_shapes, const int64_t* level_start_index,
     const acc_t* sampling_locations, const acc_t* attention_weights, const Sizes& n, int64_t idx) {
   const int64_t pixel_stride = n.heads * n.channels;
-  const int64_t d = idx % n.channels;
-  const int64_t bqm = idx / n.channels;
-  const int64_t m = bqm % n.heads;
-  const int64_t b = bqm / (n.queries * n.heads);
-  const scalar_t* value_bm = value + b * n.spatial * pixel_stride + m * n.channels + d;
-  const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
-  const acc_t* weights = attention_weights + bqm * n.levels * n.points;
+  const ElementIndex e(idx, n);
+  const scalar_t* value_bm = value + e.value_offset;
+  const acc_t* locations = sampling_locations + e.row * n.levels * n.points * 2;
+  const acc_t* weights = attention_weights + e.row * n.levels * n.points;
   acc_t acc = 0;
   for (int64_t l = 0; l < n.levels; ++l) {
     const int height = static_cast<int>(spatial_shapes[2 * l]);
@@ -190,17 +203,13 @@ __global__ void ms_deform_attn_backward_kernel(
     const int64_t thread_idx = base + threadIdx.x;
     const bool active = thread_idx < total;
     const int64_t idx = active ? thread_idx : total - 1;  // idle lanes read valid memory, add nothing
-    const int64_t d = idx % n.channels;
-    const int64_t bqm = idx / n.channels;
-    const int64_t m = bqm % n.heads;
-    const int64_t b = bqm / (n.queries * n.heads);
-    const bool group_leader = active && (d % group == 0);
+    const ElementIndex e(idx, n);
+    const bool group_leader = active && (e.channel % group == 0);
     const acc_t grad_out = active ? static_cast<acc_t>(grad_output[idx]) : acc_t(0);
-    const int64_t value_offset = b * n.spatial * pixel_stride + m * n.channels + d;
-    const scalar_t* value_bm = value + value_offset;
-    acc_t* grad_value_bm = grad_value + value_offset;
-    const acc_t* locations = sampling_locations + bqm * n.levels * n.points * 2;
-    const acc_t* weights = attention_weights + bqm * n.levels * n.points;
+    const scalar_t* value_bm = value + e.value_offset;
+    acc_t* grad_value_bm = grad_value + e.value_offset;
+    const acc_t* locations = sampling_locations + e.row * n.levels * n.points * 2;
+    const acc_t* weights = attention_weights + e.row * n.levels * n.points;
     for (int64_t l = 0; l < n.levels; ++l) {
       const int height = static_cast<int>(spatial_shapes[2 * l]);
       const int width = static_cast<int>(spatial_shapes[2 * l + 1]);
@@ -217,7 +226,7 @@ __global__ void ms_deform_attn_backward_kernel(
         const acc_t grad_x = group_sum(g.x, group);
         const acc_t grad_y = group_sum(g.y, group);
         if (group_leader) {
-          const int64_t point = bqm * n.levels * n.points + lp;
+          const int64_t point = e.row * n.levels * n.points + lp;
           atomicAdd(grad_attention_weights + point, grad_weight);
           atomicAdd(grad_sampling_locations + 2 * point, grad_x);
           atomicAdd(grad_sampling_locations + 2 * point + 1, grad_y);
@@ -293,17 +302,14 @@ void run_ms_deform_attn_backward_on_host(
     acc_t* grad_loc = grad_sampling_locations.mutable_data_ptr<acc_t>();
     acc_t* grad_w = grad_attention_weights.mutable_data_ptr<acc_t>();
     for (int64_t idx = 0; idx < total; ++idx) {
-      const int64_t d = idx % n.channels;
-      const int64_t bqm = idx / n.channels;
-      const int64_t m = bqm % n.heads;
-      const int64_t b = bqm / (n.queries * n.heads);
-      const int64_t value_offset = b * n.spatial * pixel_stride + m * n.channels + d;
+      const ElementIndex e(idx, n);
+      const int64_t value_offset = e.value_offset;
       for (int64_t l = 0; l < n.levels; ++l) {
         const int height = static_cast<int>(shapes[2 * l]);
         const int width = static_cast<int>(shapes[2 * l + 1]);
         const int64_t level_offset = starts[l] * pixel_stride;
         for (int64_t p = 0; p < n.points; ++p) {
-          const int64_t point = bqm * n.levels * n.points + l * n.points + p;
+          const int64_t point = e.row * n.levels * n.points + l * n.points + p;
           const BilinearPoint<acc_t> pt(locations[2 * point], locations[2 * point + 1], height, width);
           const Corners<scalar_t, acc_t> c(v + value_offset + level_offset, width, pixel_stride, pt);
           const PointGradients<acc_t> g =
