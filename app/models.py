@@ -147,6 +147,6 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
         return build
 
     specs = list(settings.detectors)
-    if SHAPES_NAME not in specs and shapes_available():
+    if SHAPES_NAME not in {display_name(spec) for spec in specs} and shapes_available():
         specs.append(SHAPES_NAME)  # offered always, and the fallback when the real weights cannot be had
     return PipelineRegistry({display_name(spec): factory(spec) for spec in specs}, sam_enabled=settings.sam_enabled)

@@ -133,6 +133,8 @@ class Studio:
             for name, message in problems.items()
         ]
         fallback = self.registry.default_name
+        if fallback == self.registry.names[0] and fallback in self.registry.loaded():  # only extra choices failed
+            return "### ℹ️ Some models in the menu could not be loaded\n" + "\n".join(lines)
         if fallback in self.registry.loaded():
             what_now = (
                 f"The page uses **{fallback}** instead"

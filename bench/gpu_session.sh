@@ -38,7 +38,7 @@ stamp "data generation exit $? ($(ls "$WORK/data/train/images" 2>/dev/null | wc 
 
 # Training uses the CUDA op when it built (its gradients matched the PyTorch path's on an H100, rel. 1.7e-7).
 stamp "training starts: $TRAIN_PARTS"
-limit=$(python3 -c "print(int($TRAIN_MINUTES * 60 + 45))")
+limit=$(python3 -c "print(int($TRAIN_MINUTES * 60 + 90))")  # start-up (data index, workers) and final saves
 pids=()
 for part in $TRAIN_PARTS; do
     workers=$([ "$part" = detector ] && echo 8 || echo 4)

@@ -102,8 +102,10 @@ class GroundingTransformer(nn.Module):
         capture requires and which saves a synchronising copy per forward."""
         key = (tuple(shapes), str(device))
         if key not in self._level_index_cache:
-            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
-            starts = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+            # Ordinary tensors even under inference mode: a later training forward saves them for backward.
+            with torch.inference_mode(False):
+                spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
+                starts = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
             self._level_index_cache[key] = (spatial_shapes, starts)
         return self._level_index_cache[key]
 

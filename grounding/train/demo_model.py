@@ -13,6 +13,7 @@ Parts run in order and each skips what is already there; --minutes caps each tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -115,6 +116,19 @@ def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dic
     return result
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock between processes (POSIX); on systems without fcntl, none."""
+    with lock_path.open("w") as lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: parts there run one after another
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool = True,
         parts: tuple[str, ...] = PARTS) -> dict:  # fmt: skip
     """Run `parts` in order; returns (and merges into OUT/results.json) what they measured."""
@@ -129,9 +143,12 @@ def run(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progr
     if "eval" in parts:
         summary["heldout"] = _evaluate(out, recipe, device, progress)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"  # merged with what other parts (maybe other processes) wrote
-    earlier = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results_path.write_text(json.dumps({**earlier, **summary}, indent=2))
+    results_path = out / "results.json"  # merged with what other parts, maybe in other processes, wrote
+    with _exclusive(out / "results.lock"):
+        earlier = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        temporary = results_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({**earlier, **summary}, indent=2))
+        temporary.replace(results_path)
     return summary
 
 

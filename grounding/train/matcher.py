@@ -81,12 +81,15 @@ class HungarianMatcher:
         batch, queries = pred_logits.shape[:2]
         combined = {key: torch.cat([target[key] for target in targets]) for key in ("boxes", "positive_map")}
         cost = self.cost_matrix(pred_logits.flatten(0, 1), pred_boxes.flatten(0, 1), combined)  # [B*Q, sum N]
-        blocks = cost.view(batch, queries, -1).cpu().split(sizes, dim=-1)  # per image [B, Q, N_b]
+        # Keep each target's column only for its own image's queries before copying: [Q, sum N].
+        image_of_target = torch.repeat_interleave(torch.arange(batch), torch.tensor(sizes)).to(cost.device)
+        own = cost.view(batch, queries, -1).gather(0, image_of_target.view(1, 1, -1).expand(1, queries, -1))[0]
+        blocks = own.cpu().split(sizes, dim=-1)  # per image [Q, N_b]
         matches = []
         for b, block in enumerate(blocks):
             if sizes[b] == 0:
                 matches.append((empty, empty))
                 continue
-            query_idx, target_idx = linear_sum_assignment(block[b].numpy())
+            query_idx, target_idx = linear_sum_assignment(block.numpy())
             matches.append((torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64)))
         return matches

@@ -26,7 +26,7 @@ from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
 from grounding.train.data import decode_segmentation, single_thread_worker
-from grounding.train.trainer import warmup_cosine
+from grounding.train.trainer import WarmupCosine
 
 SAM_LAST_CHECKPOINT = "sam_checkpoint_last.pth"
 SAM_FINAL_WEIGHTS = "sam.pth"
@@ -85,7 +85,7 @@ class SamBoxDataset(Dataset):
         annotations = self.annotations.get(info["id"], [])
         masks0 = np.stack([decode_segmentation(a["segmentation"], height0, width0) for a in annotations]) if annotations \
             else np.zeros((0, height0, width0), bool)  # fmt: skip
-        masks = F.interpolate(torch.from_numpy(masks0)[:, None].float(), (height, width), mode="nearest")[:, 0] > 0.5
+        masks = F.interpolate(torch.from_numpy(masks0)[:, None].float(), (height, width), mode="nearest-exact")[:, 0] > 0.5
         padded = torch.zeros(len(annotations), self.img_size, self.img_size, dtype=torch.bool)
         padded[:, :height, :width] = masks
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)  # xywh px
@@ -114,12 +114,15 @@ def mask_iou(predicted: Tensor, targets: Tensor) -> Tensor:
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
-def jitter_boxes(boxes: Tensor, config: SamTrainConfig, generator: torch.Generator, limit: int) -> Tensor:
-    """boxes [N, 4] xyxy px -> noisy boxes: each coordinate moved by N(0, jitter * side), capped, inside the image."""
+def jitter_boxes(boxes: Tensor, config: SamTrainConfig, generator: torch.Generator, size: tuple[int, int]) -> Tensor:
+    """boxes [N, 4] xyxy px -> noisy boxes: each coordinate moved by N(0, jitter * side), capped, kept inside
+    the image of `size` (width, height)."""
     sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # [N, 4] (w, h, w, h)
     noise = torch.randn(boxes.shape, generator=generator) * config.box_jitter * sides
     noisy = boxes + noise.clamp(-config.max_jitter_px, config.max_jitter_px)
-    return noisy.clamp(0, limit)
+    width, height = size
+    upper = torch.tensor([width, height, width, height], dtype=noisy.dtype)
+    return torch.minimum(noisy.clamp(min=0), upper)
 
 
 def decode_prompts(sam: Sam, embedding: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,13 +160,12 @@ class SamTrainer:
         self.optimizer = torch.optim.AdamW(sam.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
         self.total_steps = self.steps_per_epoch * self.config.epochs
-        self._time_window: tuple[float, float] | None = None  # (start, deadline) when annealing to a time limit
+        self.schedule = WarmupCosine(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
 
     def _lr_factor(self, step: int) -> float:
-        config = self.config
-        return warmup_cosine(step, config.warmup_steps, self.total_steps, config.min_lr_ratio, self._time_window)
+        return self.schedule(step)
 
     def train_step(self, samples: list[SamSample]) -> dict[str, float]:
         self.sam.train()
@@ -173,7 +175,8 @@ class SamTrainer:
         for b, sample in enumerate(samples):
             if len(sample.boxes) == 0:
                 continue
-            boxes = jitter_boxes(sample.boxes, self.config, generator, self.dataset.img_size).to(self.device)
+            image_size = (sample.image.shape[-1], sample.image.shape[-2])  # (w, h) of the resized image
+            boxes = jitter_boxes(sample.boxes, self.config, generator, image_size).to(self.device)
             targets = sample.masks.to(self.device)  # [N, S, S]
             logits, predicted_iou = decode_prompts(self.sam, embeddings[b : b + 1], boxes)
             focal.append(sigmoid_focal_loss(logits, targets.float(), reduction="none").flatten(1).mean(-1))
@@ -181,6 +184,9 @@ class SamTrainer:
             actual = mask_iou(logits.detach() > 0, targets)
             iou_error.append((predicted_iou - actual) ** 2)
             count += len(boxes)
+        if count == 0:  # no object in any image of the batch: nothing to learn from
+            self.step += 1
+            return {"focal": 0.0, "dice": 0.0, "iou": 0.0, "loss": 0.0}
         losses = {
             "focal": torch.cat(focal).sum() / max(count, 1),
             "dice": torch.stack(dice).sum() / max(count, 1),
@@ -199,7 +205,7 @@ class SamTrainer:
         """Train to `config.epochs` or until `time_limit_s` passes; writes sam.pth (state dict only)."""
         deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
         if self.config.anneal_to_time_limit and time_limit_s is not None:
-            self._time_window = (time.monotonic(), deadline)
+            self.schedule.anneal_until(deadline)
         last: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train sam", unit="step")
         with (self.out_dir / "log_sam.jsonl").open("a") as log:
@@ -231,6 +237,7 @@ class SamTrainer:
             "model": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "step": self.step,
             "train_config": asdict(self.config),
         }
@@ -243,12 +250,15 @@ class SamTrainer:
         self.sam.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.schedule.load_state_dict(checkpoint.get("schedule", {}))
         self.step = int(checkpoint["step"])
 
 
 @torch.no_grad()
 def evaluate_sam(sam: Sam, dataset: SamBoxDataset, device: str | torch.device = "cpu", progress: bool = False) -> float:
-    """Mean mask IoU over every object of `dataset`, prompted with its exact box (thresholded at logit 0)."""
+    """Mean mask IoU over every object of `dataset`, prompted with its exact box (thresholded at logit 0).
+    Runs `sam` on `device` in eval mode and gives it back in the mode it came in."""
+    was_training = sam.training
     sam = sam.to(device).eval()
     ious = []
     for index in tqdm(range(len(dataset)), disable=not progress, desc="eval sam"):
@@ -258,4 +268,5 @@ def evaluate_sam(sam: Sam, dataset: SamBoxDataset, device: str | torch.device = 
         embedding = sam.image_encoder(_images_to_input(sam, [sample], torch.device(device)))
         logits, _ = decode_prompts(sam, embedding, sample.boxes.to(device))
         ious.append(mask_iou(logits > 0, sample.masks.to(device)).cpu())
+    sam.train(was_training)
     return float(torch.cat(ious).mean()) if ious else float("nan")

@@ -70,17 +70,38 @@ def build_model(init: str | Path) -> GroundingDINO:
     return model
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float,
-                  time_window: tuple[float, float] | None = None) -> float:  # fmt: skip
-    """Learning-rate factor: linear warm-up, then cosine from 1 to `floor` over the remaining steps, or over
-    `time_window` (start, deadline of time.monotonic()) when that is further along."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if time_window is not None:
-        start, end = time_window
-        progress = max(progress, min(1.0, (time.monotonic() - start) / (end - start)))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+class WarmupCosine:
+    """Learning-rate factor per step: linear warm-up, then cosine from 1 to `floor`.
+
+    Progress along the cosine is the fraction of steps done or, after `anneal_until(deadline)`, the fraction
+    of that time window when further along (a time-boxed run still anneals). A resumed run continues from the
+    progress it had reached (`state_dict`), so its learning rate does not jump back up."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float) -> None:
+        self.warmup_steps, self.total_steps, self.floor = warmup_steps, total_steps, floor
+        self.progress = 0.0  # furthest progress reached, in [0, 1]
+        self._window: tuple[float, float, float] | None = None  # (start, deadline, progress at start)
+
+    def anneal_until(self, deadline: float) -> None:
+        """Finish the cosine at `deadline` (time.monotonic()), starting from the progress reached so far."""
+        self._window = (time.monotonic(), deadline, self.progress)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        if self._window is not None:
+            start, end, reached = self._window
+            elapsed = min(1.0, (time.monotonic() - start) / max(end - start, 1e-9))
+            progress = max(progress, reached + (1 - reached) * elapsed)
+        self.progress = max(self.progress, progress)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * self.progress))
+
+    def state_dict(self) -> dict[str, float]:
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.progress = float(state.get("progress", 0.0))
 
 
 def _is_backbone(name: str) -> bool:
@@ -117,13 +138,12 @@ class Trainer:
         )
         self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
         self.total_steps = self.steps_per_epoch * self.config.epochs
-        self._time_window: tuple[float, float] | None = None  # (start, deadline) when annealing to a time limit
+        self.schedule = WarmupCosine(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0  # optimizer steps done
 
     def _lr_factor(self, step: int) -> float:
-        config = self.config
-        return warmup_cosine(step, config.warmup_steps, self.total_steps, config.min_lr_ratio, self._time_window)
+        return self.schedule(step)
 
     def _batches(self, epoch: int, skip: int) -> Iterable[GroundingBatch]:
         """The epoch's batches in a seeded order, skipping the first `skip` (resume mid-epoch)."""
@@ -157,7 +177,7 @@ class Trainer:
         and writes `model.pth` (weights + config only, `grounding.checkpoint.save_checkpoint`)."""
         deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
         if self.config.anneal_to_time_limit and time_limit_s is not None:
-            self._time_window = (time.monotonic(), deadline)
+            self.schedule.anneal_until(deadline)
         torch.manual_seed(self.config.seed + self.step)
         random.seed(self.config.seed + self.step)
         np.random.seed(self.config.seed + self.step)
@@ -191,6 +211,7 @@ class Trainer:
             "config": self.model.config.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "train_config": asdict(self.config),
@@ -206,4 +227,5 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.schedule.load_state_dict(checkpoint.get("schedule", {}))
         self.step = int(checkpoint["step"])

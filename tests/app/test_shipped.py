@@ -76,3 +76,29 @@ def test_no_bundle_no_menu_entry(offline, monkeypatch, tmp_path):
     registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), sam="vit_b"))
     assert registry.names == ["swint_ogc"]
     assert "cannot detect anything" in Studio(registry).banner()
+
+
+def test_a_user_model_named_shapes_is_not_replaced(bundle, offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(bundle))
+    own = tmp_path / "shapes"
+    own.mkdir()
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=(str(own),), sam="none"))
+    assert registry.names == [SHAPES_NAME]  # the user's folder keeps the name; the bundle is not added over it
+
+
+def test_only_an_extra_model_failing_gives_a_mild_note(bundle, offline, monkeypatch, tmp_path):
+    from app.models import PipelineRegistry
+    from grounding.errors import WeightsUnavailableError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(broken))
+
+    def fails():
+        raise WeightsUnavailableError("bundle incomplete")
+
+    registry = PipelineRegistry({"main": lambda: load_shapes_pipeline("cpu", directory=bundle), SHAPES_NAME: fails})
+    banner = Studio(registry).banner()
+    assert registry.default_name == "main"
+    assert "could not be loaded" in banner and "bundle incomplete" in banner
+    assert "Model weights are not available" not in banner

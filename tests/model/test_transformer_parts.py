@@ -356,3 +356,15 @@ def test_official_init():
     assert not last.weight.any() and not last.bias.any()
     assert model.transformer.decoder.bbox_embed[-1] is model.bbox_embed[0]
     assert model.transformer.level_embed.std() > 0.5  # normal(0, 1)
+
+
+def test_level_index_is_cached_per_size_and_device_and_usable_for_training():
+    transformer = GroundingDINO(tiny()).transformer
+    shapes = [(12, 20), (6, 10), (3, 5), (2, 3)]
+    with torch.inference_mode():  # as the detector first runs it
+        spatial_shapes, starts = transformer.level_index(shapes, torch.device("cpu"))
+    assert spatial_shapes.tolist() == [list(s) for s in shapes] and starts.tolist() == [0, 240, 300, 315]
+    assert not spatial_shapes.is_inference() and not starts.is_inference()  # may be saved for backward later
+    again = transformer.level_index(shapes, torch.device("cpu"))
+    assert again[0] is spatial_shapes and again[1] is starts  # no new host->device copy per forward
+    assert not any("level_index" in key for key in transformer.state_dict())

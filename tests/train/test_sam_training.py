@@ -9,6 +9,7 @@ from grounding.sam import SAM_VARIANTS, SamSegmenter, build_sam
 from grounding.train.sam_trainer import (
     SAM_FINAL_WEIGHTS,
     SamBoxDataset,
+    SamSample,
     SamTrainConfig,
     SamTrainer,
     dice_loss,
@@ -43,11 +44,14 @@ def test_dice_and_iou_on_known_masks():
 def test_jitter_moves_boxes_within_the_image():
     boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0]])
     generator = torch.Generator().manual_seed(0)
-    still = jitter_boxes(boxes, SamTrainConfig(box_jitter=0.0), generator, 100)
+    still = jitter_boxes(boxes, SamTrainConfig(box_jitter=0.0), generator, (100, 90))
     assert torch.equal(still, boxes)
-    moved = torch.cat([jitter_boxes(boxes, SamTrainConfig(max_jitter_px=5), generator, 100) for _ in range(50)])
+    moved = torch.cat([jitter_boxes(boxes, SamTrainConfig(max_jitter_px=5), generator, (100, 90)) for _ in range(50)])
     assert (moved != boxes).any(1).all()
-    assert (moved - boxes).abs().max() <= 5 and moved.min() >= 0 and moved.max() <= 100
+    assert (moved - boxes).abs().max() <= 5 and moved.min() >= 0
+    edge = torch.tensor([[0.0, 0.0, 100.0, 90.0]])  # a box filling a 100 x 90 image stays inside it
+    wide = torch.cat([jitter_boxes(edge, SamTrainConfig(box_jitter=0.5), generator, (100, 90)) for _ in range(50)])
+    assert wide[:, [0, 2]].max() <= 100 and wide[:, [1, 3]].max() <= 90 and wide.min() >= 0
 
 
 def test_dataset_puts_boxes_and_masks_in_sam_input_frame(scenes):
@@ -60,6 +64,14 @@ def test_dataset_puts_boxes_and_masks_in_sam_input_frame(scenes):
         # The mask, resized with the image, spans the resized box (nearest resize: within one source pixel).
         assert abs(xs.min().item() - box[0].item()) <= scale + 1 and abs(xs.max().item() + 1 - box[2].item()) <= scale + 1
         assert abs(ys.min().item() - box[1].item()) <= scale + 1 and abs(ys.max().item() + 1 - box[3].item()) <= scale + 1
+
+
+def test_a_batch_without_objects_is_skipped(scenes, tmp_path):
+    empty = SamSample(scenes[0].image, torch.zeros(0, 4), torch.zeros(0, 256, 256, dtype=torch.bool))
+    trainer = SamTrainer(build_sam(SAM_VARIANTS["tiny"]), scenes, tmp_path, SamTrainConfig(warmup_steps=1))
+    before = {k: v.clone() for k, v in trainer.sam.state_dict().items()}
+    assert trainer.train_step([empty, empty]) == {"focal": 0.0, "dice": 0.0, "iou": 0.0, "loss": 0.0}
+    assert trainer.step == 1 and all(torch.equal(v, trainer.sam.state_dict()[k]) for k, v in before.items())
 
 
 def test_loss_falls_and_weights_load_in_the_studio_path(scenes, tmp_path):

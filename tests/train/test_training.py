@@ -16,7 +16,7 @@ from grounding.train.demo_model import DemoRecipe, run
 from grounding.train.eval import evaluate
 from grounding.train.eval import main as eval_main
 from grounding.train.shapes import ShapesConfig, generate_dataset
-from grounding.train.trainer import TrainConfig, Trainer, build_model
+from grounding.train.trainer import TrainConfig, Trainer, WarmupCosine, build_model
 
 SIZE = 96
 
@@ -201,3 +201,21 @@ def test_parallel_generation_equals_serial(tmp_path):
     assert serial == parallel
     for name in ("000000.png", "000004.png"):
         assert (tmp_path / "serial/images" / name).read_bytes() == (tmp_path / "parallel/images" / name).read_bytes()
+
+
+def test_schedule_anneals_to_a_time_limit_and_resumes_where_it_was(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("grounding.train.trainer.time.monotonic", lambda: clock[0])
+    schedule = WarmupCosine(warmup_steps=2, total_steps=10_000, floor=0.05)
+    assert schedule(0) == 0.5 and schedule(1) == 1.0  # warm-up
+    schedule.anneal_until(deadline=160.0)
+    clock[0] = 130.0  # half the window: cosine at 0.5 although few steps are done
+    assert schedule(5) == pytest.approx(0.05 + 0.95 * 0.5)
+    clock[0] = 170.0
+    assert schedule(6) == pytest.approx(0.05)  # past the deadline: the floor
+    resumed = WarmupCosine(warmup_steps=2, total_steps=10_000, floor=0.05)
+    resumed.load_state_dict(schedule.state_dict())
+    resumed.anneal_until(deadline=230.0)
+    assert resumed(7) == pytest.approx(0.05)  # no jump back up after a resume
+    plain = WarmupCosine(warmup_steps=2, total_steps=102, floor=0.0)
+    assert plain(52) == pytest.approx(0.5) and plain(102) == pytest.approx(0.0)  # by steps without a window
