@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/gpu_session}
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 CHECK_SECONDS=${CHECK_SECONDS:-230}  # whole seconds; 0 skips gpu_check
 GPU_CHECK_ARGS=${GPU_CHECK_ARGS:-}  # e.g. --skip-op
-TRAIN_PARTS=${TRAIN_PARTS:-detector sam}
+TRAIN_PARTS=${TRAIN_PARTS-detector sam}  # empty: no training
 DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
 WORK=/tmp/shapes_run
 mkdir -p "$OUT" "$WORK/logs"
