@@ -2,7 +2,8 @@
 # Everything this repo does on a lent GPU machine, in one command of under 10 minutes (from the repo root):
 #   1. bench/gpu_check.py: the CUDA op (build, correctness, gradcheck, timings) and the detector vs transformers;
 #   2. while the op builds, the shapes training data is generated on the CPU cores;
-#   3. the shipped "shapes" detector and SAM train side by side on the GPU for TRAIN_MINUTES each.
+#   3. the shipped "shapes" detector and SAM train side by side on the GPU for TRAIN_MINUTES each;
+#   4. both are scored on the held-out scenes (results.json in session.tgz).
 # Results land in $OUT (default /tmp/gpu_session): gpu_check.json, session.tgz (logs), model_fp16.pth, sam_fp16.pth.
 # Python packages the GPU image lacks (segment-anything, supervision, defusedxml) come as wheels in .whl/.
 set -u
@@ -11,6 +12,7 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 CHECK_SECONDS=${CHECK_SECONDS:-230}  # whole seconds; 0 skips gpu_check
 GPU_CHECK_ARGS=${GPU_CHECK_ARGS:-}  # e.g. --skip-op
 TRAIN_PARTS=${TRAIN_PARTS-detector sam}  # empty: no training
+EVAL_SECONDS=${EVAL_SECONDS:-90}  # held-out evaluation on the GPU after training; 0 skips it
 DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
 WORK=/tmp/shapes_run
 mkdir -p "$OUT" "$WORK/logs"
@@ -48,6 +50,11 @@ for part in $TRAIN_PARTS; do
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; stamp "training process $pid exit $?"; done
+if [ "$EVAL_SECONDS" -gt 0 ] && [ -n "$TRAIN_PARTS" ]; then  # held-out AP50, absent rate, mask IoU -> results.json
+    timeout "$EVAL_SECONDS" python3 -m grounding.train.demo_model --out "$WORK" --part eval --no-progress $DEMO_ARGS \
+        >"$WORK/logs/eval.log" 2>&1
+    stamp "evaluation exit $?"
+fi
 
 python3 - "$WORK/model" "$OUT" <<'EOF' >>"$WORK/logs/session.log" 2>&1
 import sys, torch
