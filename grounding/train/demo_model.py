@@ -26,9 +26,9 @@ from grounding.sam import SAM_VARIANTS, build_sam, load_sam_checkpoint
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes
 from grounding.train.eval import evaluate
-from grounding.train.sam_trainer import SAM_FINAL_WEIGHTS, SAM_LAST_CHECKPOINT, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam
+from grounding.train.sam_trainer import SAM_FINAL_WEIGHTS, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam
 from grounding.train.shapes import ShapesConfig, generate_dataset
-from grounding.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, TrainConfig, Trainer, build_model
+from grounding.train.trainer import FINAL_WEIGHTS, TrainConfig, Trainer, TrainingLoop, build_model
 
 HELD_OUT_SEED_OFFSET = 1000  # held-out scenes come from another seed, so none is seen in training
 PARTS = ("data", "detector", "sam", "eval")
@@ -63,6 +63,16 @@ def _data(out: Path, recipe: DemoRecipe) -> None:
             generate_dataset(out / "data" / split, count, seed, shapes, workers=max(1, recipe.workers))
 
 
+def _fit(trainer: TrainingLoop, minutes: float | None, progress: bool) -> dict:
+    """Resume from the trainer's last checkpoint if there is one, train (at most `minutes`), report steps."""
+    last = trainer.out_dir / trainer.last_checkpoint
+    if last.is_file():
+        trainer.resume(last)
+    started = time.monotonic()
+    trainer.fit(progress=progress, time_limit_s=minutes * 60 if minutes is not None else None)
+    return {"steps": trainer.step, "total_steps": trainer.total_steps, "seconds": round(time.monotonic() - started, 1)}
+
+
 def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device: str, progress: bool) -> dict:
     sizes = ImageSizes((recipe.image_size,), recipe.image_size)
     train_set = CocoGroundingDataset(
@@ -76,12 +86,7 @@ def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device
     )  # fmt: skip
     model = build_model(recipe.preset)
     model.config.input_size = (recipe.image_size, recipe.image_size)
-    trainer = Trainer(model, train_set, out / "model", config, device=device)
-    if (out / "model" / LAST_CHECKPOINT).is_file():
-        trainer.resume(out / "model" / LAST_CHECKPOINT)
-    started = time.monotonic()
-    trainer.fit(progress=progress, time_limit_s=minutes * 60 if minutes is not None else None)
-    return {"steps": trainer.step, "total_steps": trainer.total_steps, "seconds": round(time.monotonic() - started, 1)}
+    return _fit(Trainer(model, train_set, out / "model", config, device=device), minutes, progress)
 
 
 def _sam_dataset(out: Path, split: str, recipe: DemoRecipe) -> SamBoxDataset:
@@ -95,11 +100,7 @@ def _train_sam(out: Path, recipe: DemoRecipe, minutes: float | None, device: str
         num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
     )  # fmt: skip
     trainer = SamTrainer(build_sam(SAM_VARIANTS[recipe.sam_variant]), _sam_dataset(out, "train", recipe), out / "model", config, device)
-    if (out / "model" / SAM_LAST_CHECKPOINT).is_file():
-        trainer.resume(out / "model" / SAM_LAST_CHECKPOINT)
-    started = time.monotonic()
-    trainer.fit(progress=progress, time_limit_s=minutes * 60 if minutes is not None else None)
-    return {"steps": trainer.step, "total_steps": trainer.total_steps, "seconds": round(time.monotonic() - started, 1)}
+    return _fit(trainer, minutes, progress)
 
 
 def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dict:

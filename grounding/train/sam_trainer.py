@@ -9,9 +9,7 @@ and the actual IoU. Images go through the same `ResizeLongestSide` + `Sam.prepro
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +19,12 @@ from PIL import Image
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
-from grounding.train.data import decode_segmentation, single_thread_worker
-from grounding.train.trainer import WarmupCosine
+from grounding.train.data import decode_segmentation
+from grounding.train.trainer import TrainingLoop
 
 SAM_LAST_CHECKPOINT = "sam_checkpoint_last.pth"
 SAM_FINAL_WEIGHTS = "sam.pth"
@@ -146,26 +144,20 @@ def _images_to_input(sam: Sam, samples: list[SamSample], device: torch.device) -
     return torch.cat([sam.preprocess(s.image.to(device)[None].float()) for s in samples])
 
 
-class SamTrainer:
+class SamTrainer(TrainingLoop):
     """Trains `sam` on `dataset`; writes sam_checkpoint_last.pth (resumable), log_sam.jsonl and sam.pth."""
+
+    log_name = "log_sam.jsonl"
+    last_checkpoint = SAM_LAST_CHECKPOINT
+    progress_label = "train sam"
 
     def __init__(self, sam: Sam, dataset: SamBoxDataset, out_dir: str | Path, config: SamTrainConfig | None = None,
                  device: str | torch.device = "cpu") -> None:  # fmt: skip
-        self.config = config or SamTrainConfig()
-        self.device = torch.device(device)
-        self.sam = sam.to(self.device)
-        self.dataset = dataset
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.optimizer = torch.optim.AdamW(sam.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
-        self.total_steps = self.steps_per_epoch * self.config.epochs
-        self.schedule = WarmupCosine(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
+        super().__init__(sam, dataset, out_dir, config or SamTrainConfig(), device, sam.parameters(), collate_sam)
 
-    def _lr_factor(self, step: int) -> float:
-        return self.schedule(step)
+    @property
+    def sam(self) -> Sam:
+        return self.model
 
     def train_step(self, samples: list[SamSample]) -> dict[str, float]:
         self.sam.train()
@@ -188,70 +180,18 @@ class SamTrainer:
             self.step += 1
             return {"focal": 0.0, "dice": 0.0, "iou": 0.0, "loss": 0.0}
         losses = {
-            "focal": torch.cat(focal).sum() / max(count, 1),
-            "dice": torch.stack(dice).sum() / max(count, 1),
-            "iou": torch.cat(iou_error).sum() / max(count, 1),
+            "focal": torch.cat(focal).sum() / count,
+            "dice": torch.stack(dice).sum() / count,
+            "iou": torch.cat(iou_error).sum() / count,
         }
         config = self.config
         losses["loss"] = config.focal_weight * losses["focal"] + config.dice_weight * losses["dice"] + config.iou_weight * losses["iou"]
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
+        self.optimizer_step(losses["loss"])
         return {name: float(value.detach()) for name, value in losses.items()}
 
-    def fit(self, progress: bool = True, time_limit_s: float | None = None) -> dict[str, float]:
-        """Train to `config.epochs` or until `time_limit_s` passes; writes sam.pth (state dict only)."""
-        deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
-        if self.config.anneal_to_time_limit and time_limit_s is not None:
-            self.schedule.anneal_until(deadline)
-        last: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train sam", unit="step")
-        with (self.out_dir / "log_sam.jsonl").open("a") as log:
-            while self.step < self.total_steps and time.monotonic() < deadline:
-                epoch, done = divmod(self.step, self.steps_per_epoch)
-                order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
-                size = self.config.batch_size
-                batches = [order[s : s + size].tolist() for s in range(done * size, len(order), size)]
-                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_sam,
-                                    num_workers=self.config.num_workers, worker_init_fn=single_thread_worker)
-                for samples in loader:
-                    last = self.train_step(samples)
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}")
-                    if self.step % self.config.log_every == 0:
-                        log.write(json.dumps({"step": self.step, "epoch": epoch, **last}) + "\n")
-                        log.flush()
-                    if self.step % self.config.checkpoint_every == 0:
-                        self.save(self.out_dir / SAM_LAST_CHECKPOINT)
-                    if time.monotonic() >= deadline:
-                        break
-        bar.close()
-        self.save(self.out_dir / SAM_LAST_CHECKPOINT)
+    def write_final_weights(self) -> None:
+        """`sam.pth`: the state dict alone, as the official SAM releases are stored."""
         torch.save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out_dir / SAM_FINAL_WEIGHTS)
-        return last
-
-    def save(self, path: Path) -> None:
-        checkpoint = {
-            "model": {k: v.detach().cpu() for k, v in self.sam.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "step": self.step,
-            "train_config": asdict(self.config),
-        }
-        temporary = path.with_suffix(".tmp")
-        torch.save(checkpoint, temporary)
-        temporary.replace(path)
-
-    def resume(self, path: str | Path) -> None:
-        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-        self.sam.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.schedule.load_state_dict(checkpoint.get("schedule", {}))
-        self.step = int(checkpoint["step"])
 
 
 @torch.no_grad()

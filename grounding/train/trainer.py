@@ -12,12 +12,12 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint
@@ -108,73 +108,75 @@ def _is_backbone(name: str) -> bool:
     return name.startswith(("backbone.", "bert."))
 
 
-class Trainer:
-    """Trains `model` on `dataset` with `GroundingCriterion`, writing checkpoints and log.jsonl to `out_dir`."""
+class TrainingLoop:
+    """What every trainer here shares: AdamW with `WarmupCosine` (optionally annealed to a time limit), epochs in
+    a seeded order that a resumed run continues mid-epoch, log lines, periodic resumable checkpoints written
+    atomically, final weights. A subclass gives `train_step` (ending in `optimizer_step`) and
+    `write_final_weights`, and may add to `checkpoint_extras` and `start_epoch`.
 
-    def __init__(
-        self,
-        model: GroundingDINO,
-        dataset: CocoGroundingDataset,
-        out_dir: str | Path,
-        config: TrainConfig | None = None,
-        device: str | torch.device = "cpu",
-        criterion: nn.Module | None = None,
-    ) -> None:
-        self.config = config or TrainConfig()
+    `config` is a dataclass with epochs, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio,
+    checkpoint_every, log_every, num_workers, seed and anneal_to_time_limit."""
+
+    log_name = "log.jsonl"
+    last_checkpoint = LAST_CHECKPOINT
+    progress_label = "train"
+
+    def __init__(self, model: nn.Module, dataset: Dataset, out_dir: str | Path, config: Any,
+                 device: str | torch.device, param_groups: Iterable[Any], collate_fn: Callable) -> None:  # fmt: skip
+        self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.dataset = dataset
+        self.collate_fn = collate_fn
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.criterion = criterion or GroundingCriterion()
-        lr_backbone = self.config.lr if self.config.lr_backbone is None else self.config.lr_backbone
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # shared modules listed once
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for n, p in named if not _is_backbone(n)], "lr": self.config.lr},
-                {"params": [p for n, p in named if _is_backbone(n)], "lr": lr_backbone},
-            ],
-            weight_decay=self.config.weight_decay,
-        )
-        self.steps_per_epoch = math.ceil(len(dataset) / self.config.batch_size)
-        self.total_steps = self.steps_per_epoch * self.config.epochs
-        self.schedule = WarmupCosine(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
+        self.optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.schedule = WarmupCosine(config.warmup_steps, self.total_steps, config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0  # optimizer steps done
 
     def _lr_factor(self, step: int) -> float:
         return self.schedule(step)
 
-    def _batches(self, epoch: int, skip: int) -> Iterable[GroundingBatch]:
+    def start_epoch(self, epoch: int) -> None:
+        """Called before an epoch's batches are drawn (e.g. to reseed per-epoch sampling in the dataset)."""
+
+    def _batches(self, epoch: int, skip: int) -> Iterable[Any]:
         """The epoch's batches in a seeded order, skipping the first `skip` (resume mid-epoch)."""
-        self.dataset.set_epoch(epoch)
+        self.start_epoch(epoch)
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
         size = self.config.batch_size
         batches = [order[start : start + size].tolist() for start in range(skip * size, len(order), size)]
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.config.num_workers,
-                          worker_init_fn=single_thread_worker)
+        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collate_fn,
+                          num_workers=self.config.num_workers, worker_init_fn=single_thread_worker)
 
-    def train_step(self, batch: GroundingBatch) -> dict[str, float]:
-        """One optimizer step; returns the step's losses as floats."""
-        self.model.train()
-        batch = batch.to(self.device)
-        outputs = self.model(
-            batch.input_ids, batch.attention_mask, pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask
-        )
-        losses = self.criterion(outputs, batch.targets)
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimizer step on `batch`; returns the step's losses as floats."""
+        raise NotImplementedError
+
+    def optimizer_step(self, loss: Tensor, clip_max_norm: float = 0.0) -> None:
+        """Backward of `loss`, optional gradient clipping, optimizer and schedule step."""
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if self.config.clip_max_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_max_norm)
+        loss.backward()
+        if clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip_max_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def write_final_weights(self) -> None:
+        raise NotImplementedError
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """More entries for the resumable checkpoint."""
+        return {}
 
     def fit(self, progress: bool = True, time_limit_s: float | None = None) -> dict[str, float]:
         """Train until `config.epochs` are done (continuing from `self.step` after `resume`), or until
-        the step during which `time_limit_s` seconds pass (then `resume` can finish the run). Returns the last step's losses
-        and writes `model.pth` (weights + config only, `grounding.checkpoint.save_checkpoint`)."""
+        the step during which `time_limit_s` seconds pass (then `resume` can finish the run). Returns the last
+        step's losses; writes the last checkpoint and the final weights."""
         deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
         if self.config.anneal_to_time_limit and time_limit_s is not None:
             self.schedule.anneal_until(deadline)
@@ -182,33 +184,35 @@ class Trainer:
         random.seed(self.config.seed + self.step)
         np.random.seed(self.config.seed + self.step)
         last: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        with (self.out_dir / "log.jsonl").open("a") as log:
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc=self.progress_label, unit="step")
+        with (self.out_dir / self.log_name).open("a") as log:
             out_of_time = False
             while self.step < self.total_steps and not out_of_time:
                 epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
                 for batch in self._batches(epoch, done_in_epoch):
                     last = self.train_step(batch)
+                    lr = self.scheduler.get_last_lr()[0]
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    bar.set_postfix(epoch=epoch, loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}")
                     if self.step % self.config.log_every == 0:
-                        log.write(json.dumps({"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0], **last}) + "\n")
+                        log.write(json.dumps({"step": self.step, "epoch": epoch, "lr": lr, **last}) + "\n")
                         log.flush()
                     if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
-                        self.save(self.out_dir / LAST_CHECKPOINT)
+                        self.save(self.out_dir / self.last_checkpoint)
                     out_of_time = time.monotonic() >= deadline
                     if out_of_time:
                         break
-                self.save(self.out_dir / LAST_CHECKPOINT)
+                self.save(self.out_dir / self.last_checkpoint)
         bar.close()
-        save_checkpoint(self.model, self.out_dir / FINAL_WEIGHTS)
+        self.write_final_weights()
         return last
 
     def save(self, path: str | Path) -> None:
-        """Write {"model", "config", "optimizer", "scheduler", "step", "epoch", "train_config"} atomically."""
+        """Write {"model", "optimizer", "scheduler", "schedule", "step", "epoch", "train_config", extras}
+        atomically."""
         checkpoint: dict[str, Any] = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": self.model.config.to_dict(),
+            **self.checkpoint_extras(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -222,10 +226,54 @@ class Trainer:
         temporary.replace(path)
 
     def resume(self, path: str | Path) -> None:
-        """Restore weights, optimizer, scheduler and step from a checkpoint written by `save`."""
+        """Restore weights, optimizer, schedule and step from a checkpoint written by `save`."""
         checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.schedule.load_state_dict(checkpoint.get("schedule", {}))
         self.step = int(checkpoint["step"])
+
+
+class Trainer(TrainingLoop):
+    """Trains `model` on `dataset` with `GroundingCriterion`, writing checkpoints and log.jsonl to `out_dir`."""
+
+    def __init__(
+        self,
+        model: GroundingDINO,
+        dataset: CocoGroundingDataset,
+        out_dir: str | Path,
+        config: TrainConfig | None = None,
+        device: str | torch.device = "cpu",
+        criterion: nn.Module | None = None,
+    ) -> None:
+        config = config or TrainConfig()
+        lr_backbone = config.lr if config.lr_backbone is None else config.lr_backbone
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # shared modules listed once
+        param_groups = [
+            {"params": [p for n, p in named if not _is_backbone(n)], "lr": config.lr},
+            {"params": [p for n, p in named if _is_backbone(n)], "lr": lr_backbone},
+        ]
+        super().__init__(model, dataset, out_dir, config, device, param_groups, collate)
+        self.criterion = criterion or GroundingCriterion()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def train_step(self, batch: GroundingBatch) -> dict[str, float]:
+        """One optimizer step; returns the step's losses as floats."""
+        self.model.train()
+        batch = batch.to(self.device)
+        outputs = self.model(
+            batch.input_ids, batch.attention_mask, pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask
+        )
+        losses = self.criterion(outputs, batch.targets)
+        self.optimizer_step(losses["loss"], self.config.clip_max_norm)
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def write_final_weights(self) -> None:
+        """`model.pth`: weights + config only (`grounding.checkpoint.save_checkpoint`)."""
+        save_checkpoint(self.model, self.out_dir / FINAL_WEIGHTS)
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"config": self.model.config.to_dict()}

@@ -8,6 +8,7 @@ from PIL import Image
 from grounding.sam import SAM_VARIANTS, SamSegmenter, build_sam
 from grounding.train.sam_trainer import (
     SAM_FINAL_WEIGHTS,
+    SAM_LAST_CHECKPOINT,
     SamBoxDataset,
     SamSample,
     SamTrainConfig,
@@ -91,3 +92,16 @@ def test_loss_falls_and_weights_load_in_the_studio_path(scenes, tmp_path):
     boxes = (scenes[0].boxes.numpy() * SIZE / 256).round()
     masks = segmenter.decode_boxes(segmenter.encode_image(rgb), boxes)
     assert masks.masks.shape == (len(boxes), SIZE, SIZE)
+
+
+def test_resume_continues_from_the_last_checkpoint(scenes, tmp_path):
+    config = SamTrainConfig(epochs=2, batch_size=3, warmup_steps=1)
+    first = SamTrainer(build_sam(SAM_VARIANTS["tiny"]), scenes, tmp_path, config)
+    first.fit(progress=False, time_limit_s=0)  # one step, then the resumable checkpoint
+    assert first.step == 1 and (tmp_path / SAM_LAST_CHECKPOINT).is_file()
+    resumed = SamTrainer(build_sam(SAM_VARIANTS["tiny"]), scenes, tmp_path, config)
+    resumed.resume(tmp_path / SAM_LAST_CHECKPOINT)
+    assert resumed.step == 1
+    assert all(torch.equal(v, first.sam.state_dict()[k]) for k, v in resumed.sam.state_dict().items())
+    resumed.fit(progress=False)
+    assert resumed.step == resumed.total_steps == 2
