@@ -1,4 +1,4 @@
-// Multi-scale deformable attention: CUDA launchers shared by the op registration (ms_deform_attn_ops.cpp)
+// Multi-scale deformable attention: the entry points shared by the op registration (ms_deform_attn_ops.cpp)
 // and the kernels (ms_deform_attn_cuda.cu).
 //
 // Shapes: value [B, S, M, D] (S = sum_l H_l * W_l), spatial_shapes [L, 2] int64 (H, W),
@@ -13,9 +13,10 @@
 
 namespace grounding_ops {
 
-// All tensors contiguous and on one CUDA device. value and output share one floating dtype; locations and
-// weights are in the accumulation dtype (float32, or float64 when value is float64).
-void launch_ms_deform_attn_forward(
+// All tensors contiguous and on one device: CUDA runs the kernels; CPU runs the same per-element arithmetic
+// in a host loop (a reference where there is no GPU). value and output share one floating dtype; locations
+// and weights are in the accumulation dtype (float32, or float64 when value is float64).
+void run_ms_deform_attn_forward(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
@@ -24,29 +25,8 @@ void launch_ms_deform_attn_forward(
     at::Tensor& output);
 
 // grad_value, grad_sampling_locations and grad_attention_weights are zero-initialised buffers in the
-// accumulation dtype; the kernel adds into them atomically.
-void launch_ms_deform_attn_backward(
-    const at::Tensor& grad_output,
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    at::Tensor& grad_value,
-    at::Tensor& grad_sampling_locations,
-    at::Tensor& grad_attention_weights);
-
-// The same per-element arithmetic as the kernels, looped on the host (CPU tensors): a reference that runs
-// the kernels' code path where there is no GPU. Same contract as the launchers above.
-void run_ms_deform_attn_forward_on_host(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    at::Tensor& output);
-
-void run_ms_deform_attn_backward_on_host(
+// accumulation dtype; the kernels add into them atomically (the host loop plainly).
+void run_ms_deform_attn_backward(
     const at::Tensor& grad_output,
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,

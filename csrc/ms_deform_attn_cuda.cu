@@ -1,6 +1,6 @@
-// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for shapes and convention), and a
-// host loop over the same __host__ __device__ per-element functions (the CPU reference the tests run where
-// there is no GPU).
+// CUDA kernels for multi-scale deformable attention (see ms_deform_attn.h for shapes and convention), and,
+// for CPU tensors, a host loop over the same __host__ __device__ per-element functions (the reference the
+// tests run where there is no GPU). One entry point per direction picks between them by the tensors' device.
 //
 // Work split: one thread per output element (b, q, m, d). The D threads of one (b, q, m) are neighbours, so
 // value reads of a sampling corner are coalesced over channels, and the per-point gradients of locations and
@@ -252,7 +252,7 @@ int blocks_for(int64_t total) {
 
 }  // namespace
 
-void run_ms_deform_attn_forward_on_host(
+void run_ms_deform_attn_forward(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
@@ -261,8 +261,9 @@ void run_ms_deform_attn_forward_on_host(
     at::Tensor& output) {
   const Sizes n = sizes_of(value, sampling_locations);
   const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  if (total == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
-                                  "ms_deform_attn_forward_host", [&] {
+                                  "ms_deform_attn_forward", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     const scalar_t* v = value.const_data_ptr<scalar_t>();
     const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
@@ -270,13 +271,20 @@ void run_ms_deform_attn_forward_on_host(
     const acc_t* locations = sampling_locations.const_data_ptr<acc_t>();
     const acc_t* weights = attention_weights.const_data_ptr<acc_t>();
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    if (value.is_cuda()) {
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+      ms_deform_attn_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+          v, shapes, starts, locations, weights, out, n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     for (int64_t idx = 0; idx < total; ++idx) {
       out[idx] = static_cast<scalar_t>(attend_element(v, shapes, starts, locations, weights, n, idx));
     }
   });
 }
 
-void run_ms_deform_attn_backward_on_host(
+void run_ms_deform_attn_backward(
     const at::Tensor& grad_output,
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
@@ -288,9 +296,10 @@ void run_ms_deform_attn_backward_on_host(
     at::Tensor& grad_attention_weights) {
   const Sizes n = sizes_of(value, sampling_locations);
   const int64_t total = n.batch * n.queries * n.heads * n.channels;
+  if (total == 0) return;
   const int64_t pixel_stride = n.heads * n.channels;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
-                                  "ms_deform_attn_backward_host", [&] {
+                                  "ms_deform_attn_backward", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* v = value.const_data_ptr<scalar_t>();
@@ -301,78 +310,36 @@ void run_ms_deform_attn_backward_on_host(
     acc_t* grad_v = grad_value.mutable_data_ptr<acc_t>();
     acc_t* grad_loc = grad_sampling_locations.mutable_data_ptr<acc_t>();
     acc_t* grad_w = grad_attention_weights.mutable_data_ptr<acc_t>();
+    if (value.is_cuda()) {
+      // Largest power of two dividing both D and the warp size: such lane groups never straddle a (b, q, m).
+      int group = 1;
+      while (group < 32 && n.channels % (group * 2) == 0) group *= 2;
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+      ms_deform_attn_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+          grad_out, v, shapes, starts, locations, weights, grad_v, grad_loc, grad_w, n, group);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    // The host loop: the kernel's per-point arithmetic, with plain adds instead of shuffles and atomics.
     for (int64_t idx = 0; idx < total; ++idx) {
       const ElementIndex e(idx, n);
-      const int64_t value_offset = e.value_offset;
       for (int64_t l = 0; l < n.levels; ++l) {
         const int height = static_cast<int>(shapes[2 * l]);
         const int width = static_cast<int>(shapes[2 * l + 1]);
-        const int64_t level_offset = starts[l] * pixel_stride;
+        const int64_t offset = e.value_offset + starts[l] * pixel_stride;
         for (int64_t p = 0; p < n.points; ++p) {
           const int64_t point = e.row * n.levels * n.points + l * n.points + p;
           const BilinearPoint<acc_t> pt(locations[2 * point], locations[2 * point + 1], height, width);
-          const Corners<scalar_t, acc_t> c(v + value_offset + level_offset, width, pixel_stride, pt);
+          const Corners<scalar_t, acc_t> c(v + offset, width, pixel_stride, pt);
           const PointGradients<acc_t> g =
               point_gradients(c, pt, static_cast<acc_t>(grad_out[idx]), weights[point], height, width);
-          scatter_to_corners(grad_v + value_offset + level_offset, width, pixel_stride, pt, g.sample, PlainAdd{});
+          scatter_to_corners(grad_v + offset, width, pixel_stride, pt, g.sample, PlainAdd{});
           grad_w[point] += g.weight;
           grad_loc[2 * point] += g.x;
           grad_loc[2 * point + 1] += g.y;
         }
       }
     }
-  });
-}
-
-void launch_ms_deform_attn_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    at::Tensor& output) {
-  const Sizes n = sizes_of(value, sampling_locations);
-  const int64_t total = n.batch * n.queries * n.heads * n.channels;
-  if (total == 0) return;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
-                                  "ms_deform_attn_forward", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    ms_deform_attn_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<acc_t>(),
-        attention_weights.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-void launch_ms_deform_attn_backward(
-    const at::Tensor& grad_output,
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    at::Tensor& grad_value,
-    at::Tensor& grad_sampling_locations,
-    at::Tensor& grad_attention_weights) {
-  const Sizes n = sizes_of(value, sampling_locations);
-  const int64_t total = n.batch * n.queries * n.heads * n.channels;
-  if (total == 0) return;
-  // Largest power of two dividing both D and the warp size: such lane groups never straddle a (b, q, m).
-  int group = 1;
-  while (group < 32 && n.channels % (group * 2) == 0) group *= 2;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, value.scalar_type(),
-                                  "ms_deform_attn_backward", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    ms_deform_attn_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<acc_t>(), attention_weights.const_data_ptr<acc_t>(),
-        grad_value.mutable_data_ptr<acc_t>(), grad_sampling_locations.mutable_data_ptr<acc_t>(),
-        grad_attention_weights.mutable_data_ptr<acc_t>(), n, group);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

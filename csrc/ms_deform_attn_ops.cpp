@@ -69,8 +69,8 @@ at::Tensor ms_deform_attn_forward(
   // [B, Q, M * D]: the same memory layout as [B, Q, M, D], which the kernel indexes
   at::Tensor output = at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)},
                                 value.options());
-  const auto run = value.is_cuda() ? launch_ms_deform_attn_forward : run_ms_deform_attn_forward_on_host;
-  run(value_c, spatial_shapes.contiguous(), level_start_index.contiguous(), locations_c, weights_c, output);
+  run_ms_deform_attn_forward(value_c, spatial_shapes.contiguous(), level_start_index.contiguous(), locations_c,
+                             weights_c, output);
   return output;
 }
 
@@ -93,10 +93,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(
   at::Tensor grad_value = at::zeros(value.sizes(), acc_options);
   at::Tensor grad_locations = at::zeros(sampling_locations.sizes(), acc_options);
   at::Tensor grad_weights = at::zeros(attention_weights.sizes(), acc_options);
-  const auto run = value.is_cuda() ? launch_ms_deform_attn_backward : run_ms_deform_attn_backward_on_host;
-  run(grad_output.to(value.scalar_type()).contiguous(), value.contiguous(), spatial_shapes.contiguous(),
-      level_start_index.contiguous(), sampling_locations.to(acc).contiguous(), attention_weights.to(acc).contiguous(),
-      grad_value, grad_locations, grad_weights);
+  run_ms_deform_attn_backward(grad_output.to(value.scalar_type()).contiguous(), value.contiguous(),
+                              spatial_shapes.contiguous(), level_start_index.contiguous(),
+                              sampling_locations.to(acc).contiguous(), attention_weights.to(acc).contiguous(),
+                              grad_value, grad_locations, grad_weights);
   return {grad_value.to(value.scalar_type()), grad_locations.to(sampling_locations.scalar_type()),
           grad_weights.to(attention_weights.scalar_type())};
 }
