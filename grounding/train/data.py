@@ -34,6 +34,8 @@ class CaptionSampling:
     max_phrases: int = 20  # present + absent phrases per caption
     max_absent: int = 5  # absent categories added as negatives (0..max_absent, uniformly)
     shuffle: bool = True
+    keep_present: float = 1.0  # chance that each present category is named; unnamed objects are not targets
+    related_absent: float = 0.0  # chance that a negative shares a word with a present phrase ("red star" by a red circle)
 
 
 @dataclass
@@ -141,17 +143,33 @@ class CocoGroundingDataset(Dataset):
         sampling = self.caption_sampling
         if not self.train:
             return sorted(present)
-        chosen = list(rng.permutation(present)[: sampling.max_phrases])
+        chosen = [int(c) for c in rng.permutation(present)[: sampling.max_phrases]]
+        if sampling.keep_present < 1.0:
+            chosen = [c for c in chosen if rng.random() < sampling.keep_present]
         absent = [c for c in self.categories if c not in present]
         num_absent = min(int(rng.integers(0, sampling.max_absent + 1)), len(absent), sampling.max_phrases - len(chosen))
         if not chosen:
             num_absent = max(num_absent, min(1, len(absent)))  # a caption needs at least one phrase
-        chosen += list(rng.choice(absent, size=num_absent, replace=False)) if num_absent else []
+        chosen += self._choose_absent(rng, present, absent, num_absent)
         if sampling.shuffle:
             rng.shuffle(chosen)
         else:
             chosen.sort()
         return [int(c) for c in chosen]
+
+    def _choose_absent(self, rng: np.random.Generator, present: list[int], absent: list[int], count: int) -> list[int]:
+        """`count` distinct absent categories; each is drawn from those sharing a word with a present phrase
+        with probability `related_absent` (while there are any), else from all absent ones."""
+        present_words = {word for c in present for word in self.categories[c].split()}
+        related = [c for c in absent if present_words & set(self.categories[c].split())]
+        chosen: list[int] = []
+        for _ in range(count):
+            pool = related if related and rng.random() < self.caption_sampling.related_absent else absent
+            pick = int(pool[int(rng.integers(len(pool)))])
+            chosen.append(pick)
+            absent = [c for c in absent if c != pick]
+            related = [c for c in related if c != pick]
+        return chosen
 
     def __getitem__(self, index: int) -> GroundingSample:
         info = self.images[index]

@@ -47,12 +47,16 @@ class DemoRecipe:
     lr: float = 4e-4
     warmup_steps: int = 100
     max_absent: int = 4
+    keep_present: float = 0.7  # present phrases left out of a caption teach "unnamed object -> no box"
+    related_absent: float = 0.6  # negatives sharing a colour or shape with a present object
     sam_variant: str = "shapes"
     sam_epochs: int = 20
     sam_batch_size: int = 16
     sam_lr: float = 4e-4
     workers: int = 0  # data generation processes and DataLoader workers
     anneal_to_time_limit: bool = False
+    init_detector: str | None = None  # continue from these weights instead of random ones
+    init_sam: str | None = None
 
 
 def _data(out: Path, recipe: DemoRecipe) -> None:
@@ -77,14 +81,16 @@ def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device
     sizes = ImageSizes((recipe.image_size,), recipe.image_size)
     train_set = CocoGroundingDataset(
         out / "data/train/annotations.json", out / "data/train/images", load_tokenizer(), sizes=sizes,
-        caption_sampling=CaptionSampling(max_absent=recipe.max_absent), seed=recipe.seed,
+        caption_sampling=CaptionSampling(
+            max_absent=recipe.max_absent, keep_present=recipe.keep_present, related_absent=recipe.related_absent
+        ), seed=recipe.seed,
     )  # fmt: skip
     torch.manual_seed(recipe.seed)
     config = TrainConfig(
         epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=recipe.warmup_steps,
         seed=recipe.seed, num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
     )  # fmt: skip
-    model = build_model(recipe.preset)
+    model = build_model(recipe.init_detector or recipe.preset)
     model.config.input_size = (recipe.image_size, recipe.image_size)
     return _fit(Trainer(model, train_set, out / "model", config, device=device), minutes, progress)
 
@@ -99,7 +105,10 @@ def _train_sam(out: Path, recipe: DemoRecipe, minutes: float | None, device: str
         epochs=recipe.sam_epochs, batch_size=recipe.sam_batch_size, lr=recipe.sam_lr, seed=recipe.seed,
         num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
     )  # fmt: skip
-    trainer = SamTrainer(build_sam(SAM_VARIANTS[recipe.sam_variant]), _sam_dataset(out, "train", recipe), out / "model", config, device)
+    sam = build_sam(SAM_VARIANTS[recipe.sam_variant])
+    if recipe.init_sam:
+        load_sam_checkpoint(sam, recipe.init_sam)
+    trainer = SamTrainer(sam, _sam_dataset(out, "train", recipe), out / "model", config, device)
     return _fit(trainer, minutes, progress)
 
 
@@ -169,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"detector batch (default {GPU_BATCH_SIZE} on a GPU, {defaults.batch_size} on CPU)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--sam-epochs", type=int, default=defaults.sam_epochs)
+    parser.add_argument("--init-detector", default=None, help="continue from these detector weights (model.pth)")
+    parser.add_argument("--init-sam", default=None, help="continue from these SAM weights (sam.pth)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) - 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         defaults, seed=args.seed, image_size=args.image_size, train_images=args.train_images,
         heldout_images=args.heldout_images, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size or (GPU_BATCH_SIZE if args.device.startswith("cuda") else defaults.batch_size),
-        sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
+        sam_epochs=args.sam_epochs, workers=args.workers, init_detector=args.init_detector, init_sam=args.init_sam, anneal_to_time_limit=args.anneal_to_time_limit,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -60,6 +60,48 @@ def test_captions_resampled_per_epoch_with_absent_negatives(shapes, tokenizer):
     assert any(len(c.split(" . ")) > len(present) for c in captions)  # some captions carry absent phrases
 
 
+def test_unnamed_present_objects_are_not_targets(shapes, tokenizer):
+    sampling = CaptionSampling(max_absent=2, keep_present=0.5)
+    dataset = CocoGroundingDataset(*shapes, tokenizer, caption_sampling=sampling, sizes=ImageSizes((120,), 400))
+    coco = json.loads(shapes[0].read_text())
+    dropped = 0
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            present = {a["category_id"] for a in coco["annotations"] if a["image_id"] == sample.image_id}
+            named = {c for c in present if dataset.categories[c] in sample.phrases}
+            assert sample.phrases  # never an empty caption
+            assert set(sample.target["labels"].tolist()) == named  # exactly the named objects are targets
+            assert sum(a["category_id"] in named for a in coco["annotations"] if a["image_id"] == sample.image_id) == len(sample.target["labels"])
+            dropped += len(present - named)
+    assert dropped > 0
+
+
+def test_related_negatives_share_a_word_with_a_present_phrase(shapes, tokenizer):
+    coco = json.loads(shapes[0].read_text())
+
+    def related_share(related_absent: float) -> float:
+        sampling = CaptionSampling(max_absent=3, related_absent=related_absent)
+        dataset = CocoGroundingDataset(*shapes, tokenizer, caption_sampling=sampling, sizes=ImageSizes((120,), 400))
+        related = total = 0
+        for epoch in range(10):
+            dataset.set_epoch(epoch)
+            for index in range(len(dataset)):
+                sample = dataset[index]
+                present = {dataset.categories[a["category_id"]] for a in coco["annotations"] if a["image_id"] == sample.image_id}
+                words = {w for phrase in present for w in phrase.split()}
+                absent = [p for p in sample.phrases if p not in present]
+                assert len(set(absent)) == len(absent)  # negatives are distinct
+                related += sum(bool(words & set(p.split())) for p in absent)
+                total += len(absent)
+        return related / total
+
+    always, never = related_share(1.0), related_share(0.0)
+    assert always == 1.0  # each image has fewer present objects than phrases sharing their words
+    assert never < 0.8  # uniform negatives: about 9 in 29 share a colour or shape with one object
+
+
 def test_masks_and_collate(shapes, tokenizer):
     dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((60, 120), 400), with_masks=True)
     samples = [dataset[i] for i in range(3)]

@@ -1,5 +1,6 @@
 """Training loop on the tiny model: the loss falls, checkpoints load back, resume continues, eval scores AP."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -192,6 +193,21 @@ def test_demo_model_parts_run_separately_and_merge_results(tmp_path):
     merged = json.loads((tmp_path / "results.json").read_text())
     assert merged["sam_training"]["steps"] == 2 and merged["detector_training"]["steps"] == 2
     assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.pth", "sam.pth", "log.jsonl", "log_sam.jsonl"}
+
+
+def test_demo_model_continues_from_given_weights(tmp_path):
+    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
+                        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
+    run(tmp_path / "first", recipe, minutes=None, device="cpu", progress=False, parts=("data", "detector", "sam"))
+    first = tmp_path / "first" / "model"
+    frozen = replace(recipe, lr=0.0, sam_lr=0.0, init_detector=str(first / "model.pth"), init_sam=str(first / "sam.pth"))
+    run(tmp_path / "second", frozen, minutes=None, device="cpu", progress=False, parts=("data", "detector", "sam"))
+    second = tmp_path / "second" / "model"
+    detector_before, detector_after = build_model(first / "model.pth"), build_model(second / "model.pth")
+    for (name, before), after in zip(detector_before.state_dict().items(), detector_after.state_dict().values()):
+        assert torch.equal(before, after), name  # trained from the given weights (at lr 0 they stay)
+    sam_before, sam_after = torch.load(first / "sam.pth"), torch.load(second / "sam.pth")
+    assert sam_before.keys() == sam_after.keys() and all(torch.equal(sam_before[k], sam_after[k]) for k in sam_before)
 
 
 def test_parallel_generation_equals_serial(tmp_path):
