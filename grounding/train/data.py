@@ -36,6 +36,10 @@ class CaptionSampling:
     shuffle: bool = True
     keep_present: float = 1.0  # chance that each present category is named; unnamed objects are not targets
     related_absent: float = 0.0  # chance that a negative shares a word with a present phrase ("red star" by a red circle)
+    # Chance that a caption is made of single words of the category names instead ("circle . red . star ."):
+    # every object whose name holds a named word is a target of it. For attribute + noun names, it makes the
+    # model learn each attribute on its own, which name-level captions rarely force (colour alone often suffices).
+    word_phrases: float = 0.0
 
 
 @dataclass
@@ -139,6 +143,27 @@ class CocoGroundingDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         return Image.open(self.image_dir / self.images[index]["file_name"]).convert("RGB")
 
+    def _caption_phrases(self, rng: np.random.Generator, present: list[int]) -> tuple[list[str], dict[int, list[str]]]:
+        """The caption's phrases, and for each named present category the phrases its objects are targets of."""
+        if self.train and self.caption_sampling.word_phrases > 0 and rng.random() < self.caption_sampling.word_phrases:
+            return self._choose_words(rng, present)
+        chosen = self._choose_categories(rng, present)
+        return [self.categories[c] for c in chosen], {c: [self.categories[c]] for c in chosen if c in present}
+
+    def _choose_words(self, rng: np.random.Generator, present: list[int]) -> tuple[list[str], dict[int, list[str]]]:
+        sampling = self.caption_sampling
+        present_words = list(dict.fromkeys(w for c in present for w in self.categories[c].split()))
+        named = [str(w) for w in rng.permutation(present_words) if rng.random() < sampling.keep_present]
+        named = named[: sampling.max_phrases]
+        absent = sorted({w for name in self.categories.values() for w in name.split()} - set(present_words))
+        count = min(int(rng.integers(0, sampling.max_absent + 1)), len(absent), sampling.max_phrases - len(named))
+        if not named:
+            count = max(count, min(1, len(absent)))
+        words = named + [str(w) for w in rng.choice(absent, size=count, replace=False)] if count else named
+        rng.shuffle(words)
+        targets = {c: [w for w in self.categories[c].split() if w in named] for c in present}
+        return words, {c: ws for c, ws in targets.items() if ws}
+
     def _choose_categories(self, rng: np.random.Generator, present: list[int]) -> list[int]:
         sampling = self.caption_sampling
         if not self.train:
@@ -176,13 +201,14 @@ class CocoGroundingDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         annotations = self.annotations.get(info["id"], [])
         present = sorted({a["category_id"] for a in annotations})
-        chosen = self._choose_categories(rng, present)
+        phrases, target_phrases = self._caption_phrases(rng, present)
 
         # The first chunk holds as many phrases as fit in max_text_len tokens; the others' boxes are dropped.
-        chunk = tokenize_caption([self.categories[c] for c in chosen], self.tokenizer, self.max_text_len)[0]
+        chunk = tokenize_caption(phrases, self.tokenizer, self.max_text_len)[0]
         phrase_span = dict(zip(chunk.phrases, chunk.phrase_spans))
-        category_span = {c: phrase_span[self.categories[c]] for c in chosen if self.categories[c] in phrase_span}
-        kept = [a for a in annotations if a["category_id"] in category_span]
+        category_spans = {c: [phrase_span[p] for p in ps if p in phrase_span] for c, ps in target_phrases.items()}
+        category_spans = {c: spans for c, spans in category_spans.items() if spans}
+        kept = [a for a in annotations if a["category_id"] in category_spans]
 
         image = self.load_image(index)
         width0, height0 = image.size
@@ -201,8 +227,8 @@ class CocoGroundingDataset(Dataset):
         ).clamp(0, 1)  # [N, 4] cxcywh
         positive_map = torch.zeros(len(kept), self.max_text_len, dtype=torch.bool)
         for row, annotation in enumerate(kept):
-            start, end = category_span[annotation["category_id"]]
-            positive_map[row, start:end] = True
+            for start, end in category_spans[annotation["category_id"]]:
+                positive_map[row, start:end] = True
         target = {
             "boxes": boxes,
             "positive_map": positive_map,

@@ -49,6 +49,7 @@ class DemoRecipe:
     max_absent: int = 4
     keep_present: float = 0.7  # present phrases left out of a caption teach "unnamed object -> no box"
     related_absent: float = 0.6  # negatives sharing a colour or shape with a present object
+    word_phrases: float = 0.4  # captions of single words ("circle . red ."): shape must be learnt, not only colour
     sam_variant: str = "shapes"
     sam_epochs: int = 20
     sam_batch_size: int = 16
@@ -82,7 +83,8 @@ def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device
     train_set = CocoGroundingDataset(
         out / "data/train/annotations.json", out / "data/train/images", load_tokenizer(), sizes=sizes,
         caption_sampling=CaptionSampling(
-            max_absent=recipe.max_absent, keep_present=recipe.keep_present, related_absent=recipe.related_absent
+            max_absent=recipe.max_absent, keep_present=recipe.keep_present, related_absent=recipe.related_absent,
+            word_phrases=recipe.word_phrases,
         ), seed=recipe.seed,
     )  # fmt: skip
     torch.manual_seed(recipe.seed)

@@ -102,6 +102,28 @@ def test_related_negatives_share_a_word_with_a_present_phrase(shapes, tokenizer)
     assert never < 0.8  # uniform negatives: about 9 in 29 share a colour or shape with one object
 
 
+def test_word_captions_target_every_object_holding_a_named_word(shapes, tokenizer):
+    sampling = CaptionSampling(max_absent=3, word_phrases=1.0, keep_present=0.6)
+    dataset = CocoGroundingDataset(*shapes, tokenizer, caption_sampling=sampling, sizes=ImageSizes((120,), 400))
+    coco = json.loads(shapes[0].read_text())
+    all_words = {w for name in dataset.categories.values() for w in name.split()}
+    shared = 0
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            assert sample.phrases and all(len(p.split()) == 1 and p in all_words for p in sample.phrases)
+            objects = [a for a in coco["annotations"] if a["image_id"] == sample.image_id]
+            expected = [a for a in objects if set(dataset.categories[a["category_id"]].split()) & set(sample.phrases)]
+            assert sorted(sample.target["labels"].tolist()) == sorted(a["category_id"] for a in expected)
+            for row, label in enumerate(sample.target["labels"].tolist()):
+                tokens = [sample.input_ids[i] for i in sample.target["positive_map"][row].nonzero().flatten().tolist()]
+                named = [w for w in dataset.categories[label].split() if w in sample.phrases]
+                assert sorted(tokenizer.decode([t]) for t in tokens) == sorted(named)
+                shared += len(named) == 2
+    assert shared > 0  # an object named by both of its words is a target of both
+
+
 def test_masks_and_collate(shapes, tokenizer):
     dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((60, 120), 400), with_masks=True)
     samples = [dataset[i] for i in range(3)]
