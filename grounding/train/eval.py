@@ -34,6 +34,8 @@ class EvalResult:
     map50: float
     map75: float
     absent_without_box: float | None  # fraction of (image, absent phrase) prompts with no box > box_threshold
+    # the same over absent phrases sharing a word with a present one ("red star" by a red circle): the hard ones
+    absent_related_without_box: float | None
     num_images: int
     prompt_mode: str
 
@@ -106,7 +108,7 @@ def evaluate(
     phrase_category = {phrase: c for phrase, c in zip(names, category_ids)}
 
     metric = MeanAveragePrecision()
-    absent_total = absent_clean = 0
+    absent_total = absent_clean = related_total = related_clean = 0
     for index in tqdm(range(len(dataset)), disable=not progress, desc="eval", unit="image"):
         image = dataset.load_image(index)
         info = dataset.images[index]
@@ -127,16 +129,22 @@ def evaluate(
         metric.update(predictions, targets)
         if prompt_mode == "single":
             present = {a["category_id"] for a in annotations}
+            present_words = {w for c in present for w in dataset.categories[c].split()}
             for row, category in enumerate(category_ids):
                 if category not in present:
+                    clean = int(box_scores[row].max() <= box_threshold)
                     absent_total += 1
-                    absent_clean += int(box_scores[row].max() <= box_threshold)
+                    absent_clean += clean
+                    if present_words & set(dataset.categories[category].split()):
+                        related_total += 1
+                        related_clean += clean
     result = metric.compute()
     return EvalResult(
         map50_95=float(result.map50_95),
         map50=float(result.map50),
         map75=float(result.map75),
         absent_without_box=absent_clean / absent_total if absent_total else None,
+        absent_related_without_box=related_clean / related_total if related_total else None,
         num_images=len(dataset),
         prompt_mode=prompt_mode,
     )
@@ -169,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"AP@[.50:.95] {result.map50_95:.4f}  AP50 {result.map50:.4f}  AP75 {result.map75:.4f}")
     if result.absent_without_box is not None:
         print(f"absent phrases without a box (> {args.box_threshold}): {result.absent_without_box:.3f}")
+    if result.absent_related_without_box is not None:
+        print(f"  of those sharing a word with a present phrase: {result.absent_related_without_box:.3f}")
 
 
 if __name__ == "__main__":

@@ -88,12 +88,14 @@ def test_cli_checkpoint_loads_back_and_resume_continues(shapes, tmp_path, capsys
 
 
 class _OracleModel(torch.nn.Module):
-    """Answers every image with its ground-truth boxes on the right phrase (to check the AP plumbing)."""
+    """Answers every image with its ground-truth boxes on the right phrase (to check the AP plumbing), or with
+    `words_only` on any token of any phrase sharing a word with the object's name (a colour-or-shape detector)."""
 
-    def __init__(self, dataset: CocoGroundingDataset):
+    def __init__(self, dataset: CocoGroundingDataset, words_only: bool = False):
         super().__init__()
         self.config = tiny()
         self.dataset = dataset
+        self.words_only = words_only
         self.image_index = -1
 
     def encode_image(self, pixel_values):
@@ -115,6 +117,9 @@ class _OracleModel(torch.nn.Module):
             boxes[:, q] = torch.tensor([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
             phrase = self.dataset.tokenizer(self.dataset.categories[annotation["category_id"]], add_special_tokens=False)["input_ids"]
             for row, ids in enumerate(input_ids.tolist()):
+                if self.words_only:
+                    logits[row, q, [i for i, token in enumerate(ids) if token in phrase]] = 5.0
+                    continue
                 for start in range(1, length - len(phrase)):
                     end = start + len(phrase)
                     if ids[start:end] == phrase and ids[start - 1] in (101, 1012) and ids[end] == 1012:
@@ -142,6 +147,14 @@ def test_eval_gives_ap_one_for_ground_truth_answers(shapes, tokenizer, prompt_mo
     assert result.map50 == pytest.approx(1.0) and result.map50_95 == pytest.approx(1.0)
     if prompt_mode == "single":
         assert result.absent_without_box == pytest.approx(1.0)
+        assert result.absent_related_without_box == pytest.approx(1.0)
+
+
+def test_eval_separates_absent_phrases_sharing_a_word(shapes, tokenizer):
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((SIZE,), SIZE), train=False)
+    result = evaluate(_OracleModel(dataset, words_only=True), dataset, prompt_mode="single", progress=False)
+    assert result.absent_related_without_box == 0.0  # every phrase sharing a colour or shape fires
+    assert 0.0 < result.absent_without_box < 1.0  # the unrelated ones stay silent
 
 
 def test_eval_cli_prints_ap_of_a_trained_checkpoint(shapes, tmp_path, capsys):
