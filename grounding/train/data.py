@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import supervision as sv
@@ -150,15 +150,23 @@ class CocoGroundingDataset(Dataset):
         chosen = self._choose_categories(rng, present)
         return [self.categories[c] for c in chosen], {c: [self.categories[c]] for c in chosen if c in present}
 
+    def category_words(self, categories: Iterable[int]) -> list[str]:
+        """The distinct words of these categories' phrases, in order of first appearance."""
+        return list(dict.fromkeys(w for c in categories for w in self.categories[c].split()))
+
+    def _absent_count(self, rng: np.random.Generator, named: int, available: int) -> int:
+        """How many negatives join `named` phrases: 0..max_absent, within max_phrases, at least one if none is named."""
+        sampling = self.caption_sampling
+        count = min(int(rng.integers(0, sampling.max_absent + 1)), available, sampling.max_phrases - named)
+        return max(count, min(1, available)) if not named else count
+
     def _choose_words(self, rng: np.random.Generator, present: list[int]) -> tuple[list[str], dict[int, list[str]]]:
         sampling = self.caption_sampling
-        present_words = list(dict.fromkeys(w for c in present for w in self.categories[c].split()))
+        present_words = self.category_words(present)
         named = [str(w) for w in rng.permutation(present_words) if rng.random() < sampling.keep_present]
         named = named[: sampling.max_phrases]
-        absent = sorted({w for name in self.categories.values() for w in name.split()} - set(present_words))
-        count = min(int(rng.integers(0, sampling.max_absent + 1)), len(absent), sampling.max_phrases - len(named))
-        if not named:
-            count = max(count, min(1, len(absent)))
+        absent = sorted(set(self.category_words(self.categories)) - set(present_words))
+        count = self._absent_count(rng, len(named), len(absent))
         words = named + [str(w) for w in rng.choice(absent, size=count, replace=False)] if count else named
         rng.shuffle(words)
         targets = {c: [w for w in self.categories[c].split() if w in named] for c in present}
@@ -172,20 +180,17 @@ class CocoGroundingDataset(Dataset):
         if sampling.keep_present < 1.0:
             chosen = [c for c in chosen if rng.random() < sampling.keep_present]
         absent = [c for c in self.categories if c not in present]
-        num_absent = min(int(rng.integers(0, sampling.max_absent + 1)), len(absent), sampling.max_phrases - len(chosen))
-        if not chosen:
-            num_absent = max(num_absent, min(1, len(absent)))  # a caption needs at least one phrase
-        chosen += self._choose_absent(rng, present, absent, num_absent)
+        chosen += self._choose_absent(rng, present, absent, self._absent_count(rng, len(chosen), len(absent)))
         if sampling.shuffle:
             rng.shuffle(chosen)
         else:
             chosen.sort()
-        return [int(c) for c in chosen]
+        return chosen
 
     def _choose_absent(self, rng: np.random.Generator, present: list[int], absent: list[int], count: int) -> list[int]:
         """`count` distinct absent categories; each is drawn from those sharing a word with a present phrase
         with probability `related_absent` (while there are any), else from all absent ones."""
-        present_words = {word for c in present for word in self.categories[c].split()}
+        present_words = set(self.category_words(present))
         related = [c for c in absent if present_words & set(self.categories[c].split())]
         chosen: list[int] = []
         for _ in range(count):

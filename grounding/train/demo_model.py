@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         defaults, seed=args.seed, image_size=args.image_size, train_images=args.train_images,
         heldout_images=args.heldout_images, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size or (GPU_BATCH_SIZE if args.device.startswith("cuda") else defaults.batch_size),
-        sam_epochs=args.sam_epochs, workers=args.workers, init_detector=args.init_detector, init_sam=args.init_sam, anneal_to_time_limit=args.anneal_to_time_limit,
+        sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
+        init_detector=args.init_detector, init_sam=args.init_sam,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -129,7 +129,7 @@ def evaluate(
         metric.update(predictions, targets)
         if prompt_mode == "single":
             present = {a["category_id"] for a in annotations}
-            present_words = {w for c in present for w in dataset.categories[c].split()}
+            present_words = set(dataset.category_words(present))
             for row, category in enumerate(category_ids):
                 if category not in present:
                     clean = int(box_scores[row].max() <= box_threshold)
