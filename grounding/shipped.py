@@ -4,9 +4,15 @@ A bundle folder holds `detector.pth` (our checkpoint format: official keys + con
 size) and `sam.pth` (official SAM layout, the `shapes` variant). It loads through the same code paths as the
 released checkpoints. The studio offers it as a model choice and falls back to it when the real weights
 cannot be fetched. `$GROUNDING_SHAPES_DIR` points elsewhere (an empty folder hides the bundle).
+
+The files are stored in fp16 (the loaders cast to the model's dtype), so that each stays under the 10 MiB a
+Hugging Face Space accepts without Git LFS; `write_bundle` makes them from the trained fp32 weights:
+
+    python -m grounding.shipped --detector runs/shapes/model/model.pth --sam runs/shapes/model/sam.pth
 """
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -23,6 +29,7 @@ SHAPES_DIR_ENV = "GROUNDING_SHAPES_DIR"
 DETECTOR_FILE = "detector.pth"
 SAM_FILE = "sam.pth"
 SAM_VARIANT = "shapes"
+MAX_FILE_BYTES = 10 * 2**20  # a larger file must go through Git LFS on a Hugging Face Space
 
 
 def shapes_dir() -> Path:
@@ -48,3 +55,48 @@ def load_shapes_pipeline(
     detector = GroundingDetector.from_pretrained(directory / DETECTOR_FILE, device=device, download=False)
     segmenter = SamSegmenter.from_pretrained(SAM_VARIANT, checkpoint=directory / SAM_FILE, device=device, download=False)
     return GroundedSAM(detector, segmenter, caches=caches)
+
+
+def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors in fp16. Keys that share a tensor (the tied box heads) still share one, so torch.save
+    writes it once."""
+    converted: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            result[key] = tensor
+            continue
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if identity not in converted:
+            converted[identity] = tensor.detach().half()
+        result[key] = converted[identity]
+    return result
+
+
+def write_bundle(detector_checkpoint: str | os.PathLike, sam_checkpoint: str | os.PathLike, directory: Path | None = None) -> Path:
+    """Write the bundle from trained weights (our detector checkpoint, an official-layout SAM state dict) in
+    fp16; ValueError if a file would pass MAX_FILE_BYTES."""
+    directory = Path(directory or shapes_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    detector = torch.load(detector_checkpoint, map_location="cpu", weights_only=True)
+    sam = torch.load(sam_checkpoint, map_location="cpu", weights_only=True)
+    for name, payload in ((DETECTOR_FILE, {**detector, "model": half_precision(detector["model"])}), (SAM_FILE, half_precision(sam))):
+        torch.save(payload, directory / name)
+        if (size := (directory / name).stat().st_size) > MAX_FILE_BYTES:
+            raise ValueError(f"{directory / name} is {size / 2**20:.2f} MiB, over the {MAX_FILE_BYTES / 2**20:g} MiB limit")
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m grounding.shipped", description="Write the shapes demo bundle (fp16).")
+    parser.add_argument("--detector", required=True, help="trained detector checkpoint (model.pth of demo_model)")
+    parser.add_argument("--sam", required=True, help="trained SAM weights (sam.pth of demo_model)")
+    parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: assets/shapes/)")
+    args = parser.parse_args(argv)
+    directory = write_bundle(args.detector, args.sam, args.out)
+    for name in (DETECTOR_FILE, SAM_FILE):
+        print(f"{directory / name}: {(directory / name).stat().st_size / 2**20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main()

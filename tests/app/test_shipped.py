@@ -102,3 +102,24 @@ def test_only_an_extra_model_failing_gives_a_mild_note(bundle, offline, monkeypa
     assert registry.default_name == "main"
     assert "could not be loaded" in banner and "bundle incomplete" in banner
     assert "Model weights are not available" not in banner
+
+
+def test_write_bundle_stores_fp16_once_per_tied_tensor(bundle, tmp_path, monkeypatch):
+    import grounding.shipped as shipped
+
+    written = shipped.write_bundle(bundle / DETECTOR_FILE, bundle / SAM_FILE, tmp_path / "half")
+    detector = torch.load(written / DETECTOR_FILE, weights_only=True)["model"]
+    assert {t.dtype for t in detector.values() if t.is_floating_point()} == {torch.float16}
+    assert torch.load(written / SAM_FILE, weights_only=True)["image_encoder.pos_embed"].dtype == torch.float16
+    # the decoder's box heads are one module: still one tensor on disk, so the file does not grow
+    assert detector["bbox_embed.0.layers.0.weight"].data_ptr() == detector["bbox_embed.1.layers.0.weight"].data_ptr()
+    assert (written / DETECTOR_FILE).stat().st_size < 0.6 * (bundle / DETECTOR_FILE).stat().st_size
+
+    image = np.full((120, 160, 3), 200, np.uint8)
+    image[30:70, 40:90] = (215, 35, 35)
+    full, half = (load_shapes_pipeline("cpu", directory=d).detect(image, "red circle", 0.0, 0.25) for d in (bundle, written))
+    assert np.abs(full.boxes - half.boxes).max() < 0.5 and np.abs(full.scores - half.scores).max() < 1e-2
+
+    monkeypatch.setattr(shipped, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match="over the"):
+        shipped.write_bundle(bundle / DETECTOR_FILE, bundle / SAM_FILE, tmp_path / "too_big")
