@@ -60,7 +60,7 @@ python3 - "$WORK/model" "$OUT" <<'EOF' >>"$WORK/logs/session.log" 2>&1
 import sys, torch
 from pathlib import Path
 model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-half = lambda sd: {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+from grounding.shipped import half_precision as half  # fp16, tied tensors kept tied
 for name, target in (("model.pth", "model_fp16.pth"), ("sam.pth", "sam_fp16.pth")):
     if (model_dir / name).is_file():
         checkpoint = torch.load(model_dir / name, map_location="cpu", weights_only=True)
