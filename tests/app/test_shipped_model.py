@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from grounding.shipped import (
     DETECTOR_FILE, MAX_FILE_BYTES, SAM_FILE, load_shapes_pipeline, shapes_available, shapes_dir,
 )
+from grounding.train.sam_trainer import mask_iou as masks_iou
 from grounding.train.shapes import COLOURS, SHAPES, ShapeInstance, ShapesConfig, category_names, render_scene
 from tests.app.conftest import AppServer, offline_env
 
@@ -45,14 +48,18 @@ def box_of(mask: np.ndarray) -> np.ndarray:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+    """Two xyxy boxes [4] -> their IoU."""
+    return float(torchvision.ops.box_iou(torch.as_tensor(a, dtype=torch.float32)[None], torch.as_tensor(b, dtype=torch.float32)[None]))
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
+    """Two boolean masks [H, W] -> their IoU, as the SAM evaluation measures it."""
+    return float(masks_iou(torch.from_numpy(a)[None], torch.from_numpy(b)[None]))
+
+
+@pytest.fixture(scope="module")
+def red_circle_scenes() -> list[tuple[Image.Image, ShapeInstance, set[str]]]:
+    return scenes_with("red circle", 5)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +75,11 @@ def test_shipped_files_are_small():
     assert max(sizes.values()) <= MAX_FILE_BYTES
 
 
-def test_red_circle_is_found_boxed_and_cut_out(pipeline):
+def test_red_circle_is_found_boxed_and_cut_out(pipeline, red_circle_scenes):
     """On the first 5 scenes with a red circle, the best "red circle" box and its mask match it in at least 4
     (the shipped model scored 19 of the first 20 when it landed)."""
     found = []
-    for image, circle, _ in scenes_with("red circle", 5):
+    for image, circle, _ in red_circle_scenes:
         result = pipeline.segment(np.asarray(image), "red circle")
         assert set(result.phrases) <= {"red circle"}
         if len(result):
@@ -83,10 +90,10 @@ def test_red_circle_is_found_boxed_and_cut_out(pipeline):
     assert sum(found) >= 4, found
 
 
-def test_absent_phrases_find_nothing(pipeline):
+def test_absent_phrases_find_nothing(pipeline, red_circle_scenes):
     """A phrase sharing neither colour nor shape with anything in the scene gives no box (5 scenes)."""
     checked = 0
-    for image, _, present in scenes_with("red circle", 5):
+    for image, _, present in red_circle_scenes:
         absent = unrelated_absent_phrase(present)
         if absent is not None:
             assert absent not in present and absent.split()[0] in COLOURS and absent.split()[1] in SHAPES
@@ -106,12 +113,12 @@ def offline_studio(tmp_path_factory) -> AppServer:
     server.stop()
 
 
-def test_offline_studio_falls_back_to_the_shipped_models(offline_studio, tmp_path):
+def test_offline_studio_falls_back_to_the_shipped_models(offline_studio, red_circle_scenes, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(offline_studio.url, verbose=False)
     assert "uses **shapes** instead" in client.predict(api_name="/status")
-    image, circle, present = scenes_with("red circle", 1)[0]
+    image, circle, present = red_circle_scenes[0]
     path = tmp_path / "scene.png"
     image.save(path)
     *_, summary, _ = client.predict(handle_file(str(path)), "red circle", 0.35, 0.25, 1.0, True, api_name="/segment")
