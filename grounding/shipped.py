@@ -13,6 +13,7 @@ Hugging Face Space accepts without Git LFS; `write_bundle` makes them from the t
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from pathlib import Path
 
@@ -75,15 +76,20 @@ def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def write_bundle(detector_checkpoint: str | os.PathLike, sam_checkpoint: str | os.PathLike, directory: Path | None = None) -> Path:
     """Write the bundle from trained weights (our detector checkpoint, an official-layout SAM state dict) in
-    fp16; ValueError if a file would pass MAX_FILE_BYTES."""
+    fp16; ValueError, with nothing written, if a file would pass MAX_FILE_BYTES."""
     directory = Path(directory or shapes_dir())
-    directory.mkdir(parents=True, exist_ok=True)
     detector = torch.load(detector_checkpoint, map_location="cpu", weights_only=True)
     sam = torch.load(sam_checkpoint, map_location="cpu", weights_only=True)
+    files = {}
     for name, payload in ((DETECTOR_FILE, {**detector, "model": half_precision(detector["model"])}), (SAM_FILE, half_precision(sam))):
-        torch.save(payload, directory / name)
-        if (size := (directory / name).stat().st_size) > MAX_FILE_BYTES:
-            raise ValueError(f"{directory / name} is {size / 2**20:.2f} MiB, over the {MAX_FILE_BYTES / 2**20:g} MiB limit")
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        if (size := buffer.getbuffer().nbytes) > MAX_FILE_BYTES:
+            raise ValueError(f"{name} would be {size / 2**20:.2f} MiB, over the {MAX_FILE_BYTES / 2**20:g} MiB limit")
+        files[name] = buffer.getvalue()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
     return directory
 
 

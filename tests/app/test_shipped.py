@@ -123,3 +123,4 @@ def test_write_bundle_stores_fp16_once_per_tied_tensor(bundle, tmp_path, monkeyp
     monkeypatch.setattr(shipped, "MAX_FILE_BYTES", 1000)
     with pytest.raises(ValueError, match="over the"):
         shipped.write_bundle(bundle / DETECTOR_FILE, bundle / SAM_FILE, tmp_path / "too_big")
+    assert not (tmp_path / "too_big").exists()
