@@ -14,6 +14,9 @@ GPU_CHECK_ARGS=${GPU_CHECK_ARGS:-}  # e.g. --skip-op
 TRAIN_PARTS=${TRAIN_PARTS-detector sam}  # empty: no training
 EVAL_SECONDS=${EVAL_SECONDS:-90}  # held-out evaluation on the GPU after training; 0 skips it
 DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
+# extra arguments for detector training and the evaluation only, e.g. to continue the shipped detector
+# (scenes drawn at 256 px, read at 128): "--image-size 128 --batch-size 256 --lr 2e-4 --init-detector FILE"
+DETECTOR_ARGS=${DETECTOR_ARGS:-}
 WORK=/tmp/shapes_run
 mkdir -p "$OUT" "$WORK/logs"
 export PYTHONUNBUFFERED=1
@@ -44,14 +47,15 @@ limit=$(python3 -c "print(int($TRAIN_MINUTES * 60 + 90))")  # start-up (data ind
 pids=()
 for part in $TRAIN_PARTS; do
     workers=$([ "$part" = detector ] && echo 8 || echo 4)
+    part_args=$([ "$part" = detector ] && echo "$DETECTOR_ARGS")
     timeout "$limit" python3 -m grounding.train.demo_model --out "$WORK" --part "$part" \
-        --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers "$workers" --no-progress $DEMO_ARGS \
+        --minutes "$TRAIN_MINUTES" --anneal-to-time-limit --workers "$workers" --no-progress $DEMO_ARGS $part_args \
         >"$WORK/logs/$part.log" 2>&1 &
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; stamp "training process $pid exit $?"; done
 if [ "$EVAL_SECONDS" -gt 0 ] && [ -n "$TRAIN_PARTS" ]; then  # held-out AP50, absent rate, mask IoU -> results.json
-    timeout "$EVAL_SECONDS" python3 -m grounding.train.demo_model --out "$WORK" --part eval --no-progress $DEMO_ARGS \
+    timeout "$EVAL_SECONDS" python3 -m grounding.train.demo_model --out "$WORK" --part eval --no-progress $DEMO_ARGS $DETECTOR_ARGS \
         >"$WORK/logs/eval.log" 2>&1
     stamp "evaluation exit $?"
 fi
