@@ -280,11 +280,25 @@ def load_model(
 # ---------------------------------------------------------------------------------------------- saving
 
 
+def map_tensors_keeping_ties(state_dict: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
+    """`convert` applied once per distinct tensor: keys that share one (the tied box heads) share the result, so
+    torch.save writes it once (a per-key `.cpu()` of CUDA tensors or `.half()` would store it once per key)."""
+    converted: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for key, tensor in state_dict.items():
+        identity = (tensor.device, tensor.dtype, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if identity not in converted:
+            converted[identity] = convert(tensor)
+        result[key] = converted[identity]
+    return result
+
+
 def save_checkpoint(model: GroundingDINO, path: str | os.PathLike) -> Path:
-    """Official layout (`{"model": state_dict}`) plus `"config"`: readable by the official code and by us."""
+    """Official layout (`{"model": state_dict}`) plus `"config"`: readable by the official code and by us.
+    Tied tensors stay tied in the file, also from a model on a GPU."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+    state_dict = map_tensors_keeping_ties(model.state_dict(), lambda tensor: tensor.detach().cpu())
     torch.save({"model": state_dict, "config": model.config.to_dict()}, path)
     return path
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from grounding.cache import PipelineCaches
+from grounding.checkpoint import map_tensors_keeping_ties
 from grounding.detector import GroundingDetector
 from grounding.errors import WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
@@ -59,19 +60,8 @@ def load_shapes_pipeline(
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Floating tensors in fp16. Keys that share a tensor (the tied box heads) still share one, so torch.save
-    writes it once."""
-    converted: dict[tuple, torch.Tensor] = {}
-    result = {}
-    for key, tensor in state_dict.items():
-        if not tensor.is_floating_point():
-            result[key] = tensor
-            continue
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
-        if identity not in converted:
-            converted[identity] = tensor.detach().half()
-        result[key] = converted[identity]
-    return result
+    """Floating tensors in fp16; keys that share a tensor (the tied box heads) still share one."""
+    return map_tensors_keeping_ties(state_dict, lambda tensor: tensor.detach().half() if tensor.is_floating_point() else tensor)
 
 
 def write_bundle(detector_checkpoint: str | os.PathLike, sam_checkpoint: str | os.PathLike, directory: Path | None = None) -> Path:

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from grounding.checkpoint import (
     config_from_hf,
     load_model,
+    map_tensors_keeping_ties,
     read_checkpoint,
     save_checkpoint,
     save_hf_checkpoint,
@@ -28,11 +29,22 @@ def test_official_layout_round_trip(model, inputs, tmp_path):
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"model", "config"}
     assert set(raw["model"]) == set(model.state_dict())  # official key names, aliases included
+    layers = range(model.config.decoder_layers)
+    tied = [raw["model"][f"{prefix}bbox_embed.{i}.layers.0.weight"] for prefix in ("", "transformer.decoder.") for i in layers]
+    assert len({t.untyped_storage().data_ptr() for t in tied}) == 1  # the shared box head is stored once
     loaded, report = load_model(path)
     assert report.ok and report.format == "ours" and report.config_origin == "checkpoint config"
     assert report.loaded == len(model.state_dict())
     assert loaded.config == model.config
     assert_same_outputs(run(loaded, inputs), run(model, inputs))
+
+
+def test_tied_tensors_stay_tied_through_a_copying_conversion():
+    # save_checkpoint's .cpu() copies CUDA tensors one key at a time; the shared box head must stay one tensor
+    head, other = torch.randn(4, 4), torch.randn(4, 4)
+    out = map_tensors_keeping_ties({"a": head, "b": head, "c": other, "row": head[1:]}, lambda t: t.clone())
+    assert out["a"] is out["b"] and out["a"] is not out["c"] and out["row"] is not out["a"]
+    assert out["a"].data_ptr() != head.data_ptr() and torch.equal(out["row"], head[1:])
 
 
 def test_hf_layout_round_trip(model, inputs, tmp_path):
