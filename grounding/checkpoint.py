@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -280,7 +281,9 @@ def load_model(
 # ---------------------------------------------------------------------------------------------- saving
 
 
-def map_tensors_keeping_ties(state_dict: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
+def map_tensors_keeping_ties(
+    state_dict: dict[str, torch.Tensor], convert: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """`convert` applied once per distinct tensor: keys that share one (the tied box heads) share the result, so
     torch.save writes it once (a per-key `.cpu()` of CUDA tensors or `.half()` would store it once per key)."""
     converted: dict[tuple, torch.Tensor] = {}
