@@ -296,13 +296,17 @@ def map_tensors_keeping_ties(
     return result
 
 
+def state_dict_on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` detached on the CPU, tied tensors still tied (for torch.save)."""
+    return map_tensors_keeping_ties(module.state_dict(), lambda tensor: tensor.detach().cpu())
+
+
 def save_checkpoint(model: GroundingDINO, path: str | os.PathLike) -> Path:
     """Official layout (`{"model": state_dict}`) plus `"config"`: readable by the official code and by us.
     Tied tensors stay tied in the file, also from a model on a GPU."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = map_tensors_keeping_ties(model.state_dict(), lambda tensor: tensor.detach().cpu())
-    torch.save({"model": state_dict, "config": model.config.to_dict()}, path)
+    torch.save({"model": state_dict_on_cpu(model), "config": model.config.to_dict()}, path)
     return path
 
 

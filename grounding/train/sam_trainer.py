@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
+from grounding.checkpoint import state_dict_on_cpu
 from grounding.train.data import decode_segmentation
 from grounding.train.trainer import TrainingLoop
 
@@ -191,7 +192,7 @@ class SamTrainer(TrainingLoop):
 
     def write_final_weights(self) -> None:
         """`sam.pth`: the state dict alone, as the official SAM releases are stored."""
-        torch.save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out_dir / SAM_FINAL_WEIGHTS)
+        torch.save(state_dict_on_cpu(self.sam), self.out_dir / SAM_FINAL_WEIGHTS)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint
+from grounding.checkpoint import KNOWN_WEIGHTS, load_model, save_checkpoint, state_dict_on_cpu
 from grounding.config import PRESETS
 from grounding.model import GroundingDINO
 from grounding.train.data import CocoGroundingDataset, GroundingBatch, collate, single_thread_worker
@@ -211,7 +211,7 @@ class TrainingLoop:
         """Write {"model", "optimizer", "scheduler", "schedule", "step", "epoch", "train_config", extras}
         atomically."""
         checkpoint: dict[str, Any] = {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": state_dict_on_cpu(self.model),
             **self.checkpoint_extras(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
