@@ -14,8 +14,8 @@ GPU_CHECK_ARGS=${GPU_CHECK_ARGS:-}  # e.g. --skip-op
 TRAIN_PARTS=${TRAIN_PARTS-detector sam}  # empty: no training
 EVAL_SECONDS=${EVAL_SECONDS:-90}  # held-out evaluation on the GPU after training; 0 skips it
 DEMO_ARGS=${DEMO_ARGS:-}  # extra demo_model arguments for every part, e.g. a smaller --train-images for a trial
-# extra arguments for detector training and the evaluation only, e.g. to continue the shipped detector
-# (scenes drawn at 256 px, read at 128): "--image-size 128 --batch-size 256 --lr 2e-4 --init-detector FILE"
+# extra arguments for detector training and the evaluation only, e.g. to continue the shipped detector:
+# "--batch-size 256 --init-detector FILE"
 DETECTOR_ARGS=${DETECTOR_ARGS:-}
 WORK=/tmp/shapes_run
 mkdir -p "$OUT" "$WORK/logs"

@@ -180,8 +180,8 @@ def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path)
 
 def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
     recipe = DemoRecipe(
-        image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2, warmup_steps=1,
-        sam_variant="tiny", sam_epochs=1, sam_batch_size=2,
+        image_size=128, detector_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
+        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2,
     )  # fmt: skip
     summary = run(tmp_path, recipe, minutes=None, device="cpu", progress=False)
     assert summary["detector_training"]["steps"] == summary["detector_training"]["total_steps"] == 2
@@ -193,12 +193,13 @@ def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
     train = json.loads((tmp_path / "data/train/annotations.json").read_text())
     heldout_data = json.loads((tmp_path / "data/heldout/annotations.json").read_text())
     assert train["info"]["seed"] != heldout_data["info"]["seed"]
-    assert build_model(tmp_path / "model" / "model.pth").config.input_size == (96, 96)
+    assert Image.open(next((tmp_path / "data/heldout/images").iterdir())).size == (128, 128)  # scenes: image_size
+    assert build_model(tmp_path / "model" / "model.pth").config.input_size == (96, 96)  # read at detector_size
 
 
 def test_demo_model_parts_run_separately_and_merge_results(tmp_path):
-    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
-                        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
+    recipe = DemoRecipe(image_size=128, detector_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1,
+                        batch_size=2, warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
     run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("data",))
     assert not (tmp_path / "model").exists()
     run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("sam",))
@@ -209,8 +210,8 @@ def test_demo_model_parts_run_separately_and_merge_results(tmp_path):
 
 
 def test_demo_model_continues_from_given_weights(tmp_path):
-    recipe = DemoRecipe(image_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
-                        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
+    recipe = DemoRecipe(image_size=128, detector_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1,
+                        batch_size=2, warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
     run(tmp_path / "first", recipe, minutes=None, device="cpu", progress=False, parts=("data", "detector", "sam"))
     first = tmp_path / "first" / "model"
     frozen = replace(recipe, lr=0.0, sam_lr=0.0, init_detector=str(first / "model.pth"), init_sam=str(first / "sam.pth"))
