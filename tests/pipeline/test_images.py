@@ -33,13 +33,14 @@ def test_none_corrupt_and_truncated_are_refused(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height (grayscale) with one tiny compressed block: a bomb's header."""
+def _png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A PNG that claims width x height (grayscale; colour type 6 = RGBA) with one tiny compressed block: a
+    bomb's header."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
 
 
@@ -107,3 +108,46 @@ def test_exif_rotation_is_applied():
     assert loaded.size == (20, 60)  # upright portrait
     assert loaded.pixels[2, 10, 0] > 200 and loaded.pixels[58, 10, 2] > 200  # red ends up on top
     assert any("EXIF orientation 6" in n for n in loaded.notes)
+
+
+def test_memory_budget_is_decided_from_the_header():
+    limits = ImageLimits(max_side=2048, max_decode_bytes=64 << 20)
+    # 5000x5000 RGBA would decode to 100 MB: refused without decoding (the body below is a few bytes).
+    with pytest.raises(InvalidImageError, match=r"5000x5000 pixels \(RGBA\).*more than the 64 MB"):
+        load_image(_png_header_only(5000, 5000, colour_type=6), limits)
+    # The same size in 8-bit grey fits (25 MB) and comes out downscaled in its own mode.
+    grey = load_image(_png_bytes(Image.new("L", (5000, 2500), 90)), limits)
+    assert grey.size == (2048, 1024) and grey.original_size == (5000, 2500) and (grey.pixels == 90).all()
+    with pytest.raises(InvalidImageError, match="at least 16 px"):  # a strip is refused before it is decoded
+        load_image(_png_header_only(20000, 1), limits)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale():
+    picture = Image.new("RGB", (8000, 6000), (0, 0, 255))
+    picture.paste((255, 0, 0), (0, 0, 4000, 6000))
+    jpeg = _png_bytes(picture, format="JPEG", quality=90)
+    # Full size needs ~280 MB: over a 128 MB budget, yet the 1/2 DCT scale (4000x3000) fits and still
+    # reaches the 2048 px long side, so the result is as sharp as a full decode would give.
+    loaded = load_image(jpeg, ImageLimits(max_side=2048, max_decode_bytes=128 << 20))
+    assert loaded.size == (2048, 1536) and loaded.original_size == (8000, 6000)
+    assert "downscaled from 8000x6000 to 2048x1536" in loaded.notes[-1]
+    assert loaded.pixels[700, 500, 0] > 240 and loaded.pixels[700, 1500, 2] > 240
+    # A budget only the 1/8 scale fits: decoded at 1000x750, boxes then refer to that image.
+    small = load_image(jpeg, ImageLimits(max_side=2048, max_decode_bytes=20 << 20))
+    assert small.size == (1000, 750) and small.original_size == (8000, 6000)
+    with pytest.raises(InvalidImageError, match="more than the 1 MB"):
+        load_image(jpeg, ImageLimits(max_side=2048, max_decode_bytes=1 << 20))
+
+
+def test_large_palette_and_exif_rotated_images_are_downscaled_upright():
+    palette = Image.new("P", (3000, 1000), 1)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    loaded = load_image(_png_bytes(palette), ImageLimits(max_side=1500))
+    assert loaded.size == (1500, 500) and (loaded.pixels == [0, 255, 0]).all()
+    picture = Image.new("RGB", (3000, 1000), (0, 0, 255))
+    picture.paste((255, 0, 0), (0, 0, 500, 1000))  # red on the left, stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = load_image(_png_bytes(picture, format="JPEG", exif=exif.tobytes(), quality=95), ImageLimits(max_side=1500))
+    assert rotated.size == (500, 1500) and rotated.original_size == (1000, 3000)
+    assert rotated.pixels[50, 250, 0] > 200 and rotated.pixels[1400, 250, 2] > 200  # red on top
