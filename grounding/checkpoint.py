@@ -336,6 +336,13 @@ def save_hf_checkpoint(model: GroundingDINO, directory: str | os.PathLike) -> Pa
 # ---------------------------------------------------------------------------------------------- locating
 
 
+def display_name(name_or_path: str | os.PathLike) -> str:
+    """What to show users for a model spec: a registry or hub name as is, a local file or folder by its own name
+    (a server's folders are nobody else's business)."""
+    path = Path(name_or_path)
+    return path.name if path.exists() or path.is_absolute() else str(name_or_path)
+
+
 def _how_to_pass_local(hub: HubWeights | None) -> str:
     """The sentence every WeightsUnavailableError ends with."""
     if hub is None or hub.filenames[0].endswith(".pth"):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import BertTokenizer
 
-from grounding.checkpoint import LoadReport, load_model
+from grounding.checkpoint import LoadReport, display_name, load_model
 from grounding.images import load_image
 from grounding.model import GroundingDINO, ImageFeatures
 from grounding.model.preprocess import preprocess_image
@@ -93,6 +93,7 @@ class GroundingDetector:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
         # Key of the pipeline's caches: the weights and everything else that changes the outputs.
         self.model_id = f"{model_id or f'GroundingDINO@{id(model):x}'}|resize {shortest_side}/{longest_side}"
+        self.name = "Grounding DINO"  # what users see; `from_pretrained` names the weights
         self.load_report: LoadReport | None = None
         self.shortest_side, self.longest_side = shortest_side, longest_side
         self.chunk_batch_size = max(1, int(chunk_batch_size))
@@ -118,6 +119,7 @@ class GroundingDetector:
             chunk_batch_size,
         )
         detector.load_report = report
+        detector.name = display_name(name_or_path)
         return detector
 
     @torch.inference_mode()

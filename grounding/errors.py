@@ -1,25 +1,37 @@
-"""Errors a user can cause. Each message says what to do; the UI turns them into `gr.Error`."""
+"""Errors a user can cause. Each message says what to do; the UI turns them into `gr.Error`, titled by `title`."""
 
 
 class GroundingError(ValueError):
     """Base class of every user-facing error of this package."""
 
+    title = "Error"
+
 
 class InvalidPromptError(GroundingError):
     """The text prompt cannot be used (empty, only punctuation, ...)."""
+
+    title = "Prompt problem"
 
 
 class InvalidImageError(GroundingError):
     """The image cannot be used (missing, corrupt, too large, ...)."""
 
+    title = "Image problem"
+
 
 class InvalidThresholdError(GroundingError):
     """A threshold or IoU value is outside its range."""
+
+    title = "Threshold problem"
 
 
 class WeightsUnavailableError(GroundingError):
     """Weights could not be found locally nor downloaded."""
 
+    title = "Model weights missing"
+
 
 class CheckpointMismatchError(GroundingError):
     """A checkpoint's keys or shapes do not fit the model it is loaded into."""
+
+    title = "Checkpoint problem"

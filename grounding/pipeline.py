@@ -11,7 +11,9 @@ A request reads top-down:
                                    segmenter.decode_boxes (all missing boxes in one batched call)
 
 So a threshold or NMS move runs no model at all, a new prompt on a seen image runs neither image encoder,
-and a box seen before never goes through SAM's decoder again.
+and a box seen before never goes through SAM's decoder again. Every model call holds `run_lock` (pipelines
+on one device share one), so two forwards never overlap on a device, whatever asked for them; a request
+answered from the caches never waits for it.
 
 Public API (consumed by the UI in `app/`):
     pipeline = GroundedSAM.from_names(detector="swint_ogc", sam="vit_b", device=None)
@@ -20,7 +22,8 @@ Public API (consumed by the UI in `app/`):
     result.boxes [N,4] xyxy px, result.scores [N], result.phrases [N], result.masks [N,H,W] bool,
     result.timings {stage: seconds}, result.cache {cache: hit?}, result.image_size (W, H), result.notes
     pipeline.detect(...) is the same without masks; pipeline.stats counts model calls;
-    pipeline.encode_image(image) fills the image caches ahead of a prompt; pipeline.describe() names models/device.
+    pipeline.encode_image(image) fills the image caches ahead of a prompt; pipeline.describe() names models and
+    device (display names, never file paths).
 """
 from __future__ import annotations
 
@@ -111,6 +114,10 @@ def _model_id(model: Any, fallback: str) -> str:
     return str(getattr(model, "model_id", None) or f"{fallback}@{id(model):x}")
 
 
+def _model_name(model: Any, fallback: str) -> str:
+    return str(getattr(model, "name", None) or fallback)
+
+
 class GroundedSAM:
     """Grounding DINO boxes + SAM masks behind content-keyed caches. Safe to call from several threads."""
 
@@ -121,15 +128,18 @@ class GroundedSAM:
         cache_config: CacheConfig | None = None,
         image_limits: ImageLimits | None = None,
         caches: PipelineCaches | None = None,
+        run_lock: threading.Lock | None = None,
     ) -> None:
         """`segmenter=None` gives a boxes-only pipeline (`segment` then raises WeightsUnavailableError).
-        `caches` may be shared between pipelines over different models: keys include the model ids."""
+        `caches` may be shared between pipelines over different models: keys include the model ids.
+        `run_lock` is held around every model call; pipelines on the same device should share one."""
         self.detector = detector
         self.segmenter = segmenter
         self.caches = caches or PipelineCaches(cache_config or CacheConfig())
         self.image_limits = image_limits or ImageLimits()
         self.detector_id = _model_id(detector, "detector")
         self.segmenter_id = _model_id(segmenter, "sam") if segmenter is not None else None
+        self.run_lock = run_lock or threading.Lock()
         self.stats = PipelineStats()
         self._stats_lock = threading.Lock()
 
@@ -171,8 +181,8 @@ class GroundedSAM:
         from grounding.ops.ms_deform_attn import backend
 
         return {
-            "detector": self.detector_id,
-            "sam": self.segmenter_id,
+            "detector": _model_name(self.detector, "detector"),
+            "sam": _model_name(self.segmenter, "sam") if self.segmenter is not None else None,
             "device": self.device,
             "deform_attn_backend": backend(self.device),
         }
@@ -233,10 +243,13 @@ class GroundedSAM:
         return hits
 
     @contextmanager
-    def _count(self, counter: str, amount: int = 1) -> Iterator[None]:
-        yield
+    def _model_call(self, **counts: int) -> Iterator[None]:
+        """Hold the device's run lock for one model call, then add `counts` to `stats`."""
+        with self.run_lock:
+            yield
         with self._stats_lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + amount)
+            for counter, amount in counts.items():
+                setattr(self.stats, counter, getattr(self.stats, counter) + amount)
 
     def _run(
         self,
@@ -307,18 +320,18 @@ class GroundedSAM:
         )
         timings["detector_image"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        with self._count("detector_text_runs"):
+        with self._model_call(detector_text_runs=1):
             raw = self.detector.run_text(encoding, caption)
         timings["detector_text"] = time.perf_counter() - tick
         return raw
 
     def _encode_for_detector(self, loaded: LoadedImage) -> Any:
-        with self._count("detector_image_encodes"):
+        with self._model_call(detector_image_encodes=1):
             return self.detector.encode_image(loaded.to_pil())
 
     def _encode_for_sam(self, loaded: LoadedImage) -> Any:
         assert self.segmenter is not None
-        with self._count("sam_image_encodes"):
+        with self._model_call(sam_image_encodes=1):
             return self.segmenter.encode_image(loaded.pixels)
 
     def _masks(
@@ -344,7 +357,7 @@ class GroundedSAM:
             )
             timings["sam_image"] = time.perf_counter() - tick
             tick = time.perf_counter()
-            with self._count("sam_decoder_calls"), self._count("sam_masks_decoded", len(missing)):
+            with self._model_call(sam_decoder_calls=1, sam_masks_decoded=len(missing)):
                 decoded = self.segmenter.decode_boxes(embedding, boxes[missing], multimask=multimask)
             for j, i in enumerate(missing):
                 entry = (decoded.masks[j], np.float32(decoded.iou_scores[j]))

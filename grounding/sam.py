@@ -272,8 +272,9 @@ class SamSegmenter:
     """A loaded SAM, split into a cacheable image encoder and a batched box decoder. Thread-safe."""
 
     model: Sam
-    model_id: str
+    model_id: str  # cache key: variant and weights file
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    name: str = "SAM"  # what users see: the variant, never the weights' path
 
     @classmethod
     def from_pretrained(
@@ -293,7 +294,7 @@ class SamSegmenter:
         spec = _variant(variant)
         path = resolve_sam_checkpoint(variant, checkpoint, download=download)
         model = load_sam_checkpoint(build_sam(spec), path).to(device)
-        return cls(model=model, model_id=f"sam-{variant}:{Path(path).resolve()}", device=device)
+        return cls(model=model, model_id=f"sam-{variant}:{Path(path).resolve()}", device=device, name=f"SAM {variant}")
 
     @torch.inference_mode()
     def encode_image(self, image: np.ndarray) -> SamEmbedding:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -45,7 +46,10 @@ def shapes_available(directory: Path | None = None) -> bool:
 
 
 def load_shapes_pipeline(
-    device: str | torch.device | None = None, caches: PipelineCaches | None = None, directory: Path | None = None
+    device: str | torch.device | None = None,
+    caches: PipelineCaches | None = None,
+    directory: Path | None = None,
+    run_lock: threading.Lock | None = None,
 ) -> GroundedSAM:
     """The shipped detector + SAM as one `GroundedSAM`; WeightsUnavailableError if the files are not there."""
     directory = directory or shapes_dir()
@@ -56,7 +60,8 @@ def load_shapes_pipeline(
         )
     detector = GroundingDetector.from_pretrained(directory / DETECTOR_FILE, device=device, download=False)
     segmenter = SamSegmenter.from_pretrained(SAM_VARIANT, checkpoint=directory / SAM_FILE, device=device, download=False)
-    return GroundedSAM(detector, segmenter, caches=caches)
+    detector.name = segmenter.name = SHAPES_NAME
+    return GroundedSAM(detector, segmenter, caches=caches, run_lock=run_lock)
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
