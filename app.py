@@ -8,14 +8,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def main(argv: list[str] | None = None) -> None:
+    import logging
+
     from app import Studio, build_demo, launch, parse_settings, registry_from_settings
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[studio] %(message)s"))
+    logging.getLogger("app").addHandler(handler)
+    logging.getLogger("app").setLevel(logging.INFO)
     settings = parse_settings(argv)
     registry = registry_from_settings(settings)
-    # Load now (ZeroGPU wants models on the device at start); failures are shown in the page instead.
-    for name, problem in registry.load_all().items():
-        print(f"[studio] {name}: {problem}", flush=True)
-    launch(build_demo(registry, Studio(registry, max_prompt_tokens=settings.max_prompt_tokens)), settings)
+    # Load now (ZeroGPU wants models on the device at start); failures are shown in the page instead (and in
+    # the log, whole, by the registry).
+    registry.load_all()
+    studio = Studio(registry, max_prompt_tokens=settings.max_prompt_tokens, limits=settings.limits)
+    launch(build_demo(registry, studio), settings)
 
 
 if __name__ == "__main__":

@@ -1,49 +1,54 @@
 """Two Gradio components with the checks moved from Gradio's preprocessing into the app.
 
 `gr.Image` opens every upload with PIL before the event function runs, so a corrupt file or a
-decompression bomb fails inside Gradio with a bare "Error". `gr.Slider` rejects out-of-range API values
-with a message that does not say which slider. These subclasses hand the raw value through, and the
-app (`grounding.images.load_image`, the pipeline's threshold checks) answers with a message that says
-what is wrong and what to do. The browser side is unchanged: `is_template` keeps the parent's frontend.
+decompression bomb fails inside Gradio with a bare "Error", and it opens whatever path a caller names.
+`gr.Slider` rejects out-of-range API values with a message that does not say which slider. These
+subclasses hand the value through, checked only where it must be: `ImageUpload` accepts only what
+`app.uploads` allows (a file in the upload folder, or a data: URL's bytes), and the app
+(`grounding.images.load_image`, the pipeline's threshold checks) answers with a message that says what is
+wrong and what to do. The browser side is unchanged: `is_template` keeps the parent's frontend.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 from pathlib import Path
 
 import gradio as gr
 from gradio.data_classes import ImageData
+from gradio_client.utils import is_http_url_like
+
+from app.uploads import REFUSED_SOURCE, ImageBytes, RefusedInput, confined_path, data_url_bytes
 
 
 class ImageUpload(gr.Image):
-    """`gr.Image` input that passes the uploaded file's path on unopened (whatever `type` says).
+    """`gr.Image` input that passes a received file's path on unopened (whatever `type` says), or the bytes of
+    a data: URL; anything else is refused (see `app.uploads`).
 
     No `__init__` of its own: Gradio builds the page config from the signature of `gr.Image.__init__`.
+    `max_data_url_bytes` is set on the instance by the page (the upload limit).
     """
 
     is_template = True
+    max_data_url_bytes = 50 << 20
 
-    def preprocess(self, payload: ImageData | None) -> str | None:
+    def preprocess(self, payload: ImageData | None) -> str | ImageBytes | None:
         if payload is None:
             return None
-        if payload.url and payload.url.startswith("data:"):
-            return self._save_data_url(payload.url)
-        return payload.path
-
-    def _save_data_url(self, url: str) -> str:
-        """Write a base64 data URL's bytes to the cache unparsed; the app decides whether it is an image."""
         try:
-            data = base64.b64decode(url.partition(",")[2], validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise gr.Error("The image data URL is not valid base64; send the image as a file.") from error
-        directory = Path(self.GRADIO_CACHE) / "data_urls"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{hashlib.sha256(data).hexdigest()[:32]}.bin"
-        if not path.exists():
-            path.write_bytes(data)
-        return str(path)
+            if payload.path:
+                return confined_path(payload.path)
+            if payload.url and payload.url.startswith("data:"):
+                return data_url_bytes(payload.url, self.max_data_url_bytes)
+            if payload.url:
+                raise RefusedInput(REFUSED_SOURCE)
+        except RefusedInput as refused:
+            raise gr.Error(str(refused), title="Image problem", print_exception=False) from None
+        return None
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        """Gradio fetches a URL named as an input file before preprocessing; refuse it instead."""
+        if isinstance(url_or_file_path, str) and is_http_url_like(url_or_file_path):
+            raise gr.Error(REFUSED_SOURCE, title="Image problem", print_exception=False)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
 class ThresholdSlider(gr.Slider):

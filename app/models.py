@@ -1,38 +1,56 @@
 """Which pipelines the studio offers, and loading them once, on demand, from the command-line settings.
 
 A `PipelineRegistry` maps a display name (what the model dropdown shows) to a factory. Each pipeline is
-built at most once; a factory that fails (weights missing, checkpoint of the wrong shape) is retried on
-the next request, so a user who drops the weights in place does not have to restart the server.
+built at most once. A factory that fails (weights missing, a hub download that times out, a checkpoint of
+the wrong shape) is tried again only on purpose: once `retry_after_s` has passed, or when someone presses
+the page's Retry button (`retry`, itself at most once per `MIN_RETRY_INTERVAL_S`). Until then its error is
+answered at once, so page loads and requests never re-run a slow failing load.
 Tests inject their own factories; `registry_from_settings` builds the real ones.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from app.settings import StudioSettings
+from grounding.cache import PipelineCaches
+from grounding.checkpoint import display_name
 from grounding.errors import GroundingError, WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
-from grounding.cache import PipelineCaches
 from grounding.sam import SAM_VARIANTS, SamSegmenter
 from grounding.shipped import SHAPES_NAME, load_shapes_pipeline, shapes_available
 
 PipelineFactory = Callable[[], GroundedSAM]
+MIN_RETRY_INTERVAL_S = 30.0  # explicit retries (the page's button) are public: one per this interval
+log = logging.getLogger(__name__)
 
 
 class PipelineRegistry:
-    """Display name -> lazily built `GroundedSAM`; thread-safe, each built once."""
+    """Display name -> lazily built `GroundedSAM`; thread-safe, each built once, failures retried on purpose."""
 
-    def __init__(self, factories: dict[str, PipelineFactory], sam_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        factories: dict[str, PipelineFactory],
+        sam_enabled: bool = True,
+        retry_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not factories:
             raise ValueError("the studio needs at least one pipeline factory")
         self.factories = dict(factories)
         self.sam_enabled = sam_enabled
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self.load_attempts = 0  # factory calls, successful or not
         self._pipelines: dict[str, GroundedSAM] = {}
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, GroundingError] = {}
+        self._failed_at: dict[str, float] = {}
+        self._last_retry: float | None = None
         self._locks = {name: threading.Lock() for name in factories}
 
     @property
@@ -45,37 +63,57 @@ class PipelineRegistry:
         return next((name for name in self.names if name in self._pipelines), self.names[0])
 
     def get(self, name: str | None) -> GroundedSAM:
-        """The pipeline called `name` (None: the default); raises the loader's GroundingError if it fails."""
+        """The pipeline called `name` (None: the default); raises the loader's GroundingError if it fails, or
+        failed less than `retry_after_s` ago."""
         name = name or self.default_name
         if name not in self.factories:
             raise WeightsUnavailableError(f"Unknown model {name!r}; choose one of {self.names}.")
         with self._locks[name]:
-            if name not in self._pipelines:
-                try:
-                    self._pipelines[name] = self.factories[name]()
-                except GroundingError as error:
-                    self._errors[name] = str(error)
-                    raise
-                self._errors.pop(name, None)
+            if name in self._pipelines:
+                return self._pipelines[name]
+            error = self._errors.get(name)
+            if error is not None and self.clock() - self._failed_at[name] < self.retry_after_s:
+                raise type(error)(str(error))
+            log.info("loading model %r", name)
+            self.load_attempts += 1
+            try:
+                self._pipelines[name] = self.factories[name]()
+            except GroundingError as error:
+                self._errors[name], self._failed_at[name] = error, self.clock()
+                log.warning("model %r could not be loaded: %s", name, error)
+                raise
+            self._errors.pop(name, None)
             return self._pipelines[name]
 
     def load_all(self) -> dict[str, str]:
-        """Try every model now; returns {name: what to do} for those that could not be loaded."""
+        """Load every model not loaded yet (failed ones only once their retry time has come); returns
+        {name: what to do} for those that are not available."""
         for name in self.names:
             try:
                 self.get(name)
             except GroundingError:
                 pass
-        return dict(self._errors)
+        return {name: str(error) for name, error in self._errors.items()}
+
+    def retry(self) -> bool:
+        """Try the failed models again now; False (nothing tried) within `MIN_RETRY_INTERVAL_S` of the last."""
+        now = self.clock()
+        if self._last_retry is not None and now - self._last_retry < MIN_RETRY_INTERVAL_S:
+            return False
+        self._last_retry = now
+        for name in list(self._errors):
+            self._failed_at[name] = now - self.retry_after_s  # due now
+        self.load_all()
+        return True
+
+    def seconds_to_retry(self) -> float:
+        """How long until the page's Retry button may try again (0: now)."""
+        if self._last_retry is None:
+            return 0.0
+        return max(0.0, MIN_RETRY_INTERVAL_S - (self.clock() - self._last_retry))
 
     def loaded(self) -> dict[str, GroundedSAM]:
         return dict(self._pipelines)
-
-
-def display_name(detector: str) -> str:
-    """Dropdown label of a detector spec: a registry name as is, a path by its file or folder name."""
-    path = Path(detector)
-    return path.name if path.exists() else detector
 
 
 def resolve_sam(sam: str | None, sam_checkpoint: str | None) -> tuple[str | None, str | None]:
@@ -105,11 +143,13 @@ def resolve_sam(sam: str | None, sam_checkpoint: str | None) -> tuple[str | None
 
 
 def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
-    """One pipeline per --detector; they share one SAM, the device and one set of caches."""
+    """One pipeline per --detector; they share one SAM, the device, one set of caches and one run lock (one
+    model call at a time on the device)."""
     from grounding.detector import GroundingDetector
 
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     caches = PipelineCaches()
+    run_lock = threading.Lock()
     segmenter_lock = threading.Lock()
     segmenters: list[SamSegmenter | None] = []  # filled once, on the first successful load
 
@@ -127,7 +167,7 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
 
     def factory(spec: str) -> PipelineFactory:
         if spec == SHAPES_NAME:  # the shipped demo bundle brings its own SAM
-            return lambda: load_shapes_pipeline(device, caches)
+            return lambda: load_shapes_pipeline(device, caches, run_lock=run_lock)
 
         def build() -> GroundedSAM:
             # Try both models, so the page names everything that is missing at once.
@@ -142,11 +182,15 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
                 problems.append(f"SAM: {error} (or start with `--sam none` for boxes only)")
             if problems:
                 raise WeightsUnavailableError("\n".join(problems))
-            return GroundedSAM(detector, sam, caches=caches)
+            return GroundedSAM(detector, sam, caches=caches, run_lock=run_lock)
 
         return build
 
     specs = list(settings.detectors)
     if SHAPES_NAME not in {display_name(spec) for spec in specs} and shapes_available():
         specs.append(SHAPES_NAME)  # offered always, and the fallback when the real weights cannot be had
-    return PipelineRegistry({display_name(spec): factory(spec) for spec in specs}, sam_enabled=settings.sam_enabled)
+    return PipelineRegistry(
+        {display_name(spec): factory(spec) for spec in specs},
+        sam_enabled=settings.sam_enabled,
+        retry_after_s=settings.limits.load_retry_s,
+    )

@@ -2,6 +2,7 @@
 
 Flag beats environment variable beats built-in default. Gradio's own variables are honoured for the
 address (`GRADIO_SERVER_NAME`, `GRADIO_SERVER_PORT`), which is what Hugging Face Spaces sets.
+`HostingLimits` holds what keeps a public server within its memory and disk (README "Hosting").
 """
 from __future__ import annotations
 
@@ -9,6 +10,29 @@ import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostingLimits:
+    """What one request may cost the server, and how much disk the studio's files may hold. The defaults fit a
+    2-core, 16 GB Space: four concurrent slider events at the full decode budget stay under 2 GB."""
+
+    max_upload_mb: int = 50  # an uploaded file or a data: URL image; a JSON request body a little more
+    max_decode_mb: int = 512  # memory one image may take while decoded (decided from its header)
+    max_side: int = 2048  # long side the studio works at; larger images are downscaled, with a note
+    cache_mb: int = 1024  # uploads + results under Gradio's cache folder; the oldest go first beyond this
+    cache_minutes: float = 15.0  # files not used for this long are deleted
+    load_retry_s: float = 300.0  # a model that failed to load is tried again after this (or on "Retry")
+
+    def __post_init__(self) -> None:
+        if min(self.max_upload_mb, self.max_decode_mb, self.max_side, self.cache_mb) <= 0 or self.cache_minutes <= 0:
+            raise ValueError("hosting limits must be positive")
+        if self.cache_mb < 2 * self.max_upload_mb:
+            raise ValueError("the disk cache must hold at least two uploads (cache_mb >= 2 x max_upload_mb)")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb << 20
 
 
 @dataclass(frozen=True)
@@ -21,6 +45,7 @@ class StudioSettings:
     sam: str | None = None  # "vit_b" | "vit_l" | "vit_h" | a checkpoint path | "none"; None: by device
     sam_checkpoint: str | None = None  # local SAM weights for the chosen variant
     max_prompt_tokens: int = 1024  # longer prompts are refused with a message (batch CLI has no limit)
+    limits: HostingLimits = HostingLimits()
 
     @property
     def sam_enabled(self) -> bool:
@@ -54,7 +79,32 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
                         default=int(env.get("GROUNDING_MAX_PROMPT_TOKENS", "1024")),
                         help="longest prompt the studio runs, in BERT tokens; each 256 is one more model pass "
                              "(env GROUNDING_MAX_PROMPT_TOKENS)")
+    hosting = parser.add_argument_group("hosting limits (README: Hosting)")
+    defaults = HostingLimits()
+    hosting.add_argument("--max-upload-mb", type=int, default=_number(env, "GROUNDING_MAX_UPLOAD_MB", defaults.max_upload_mb),
+                         help="largest image file or data: URL accepted (env GROUNDING_MAX_UPLOAD_MB)")
+    hosting.add_argument("--max-decode-mb", type=int, default=_number(env, "GROUNDING_MAX_DECODE_MB", defaults.max_decode_mb),
+                         help="memory one image may take to decode, judged from its header; larger ones are refused "
+                              "or, for JPEG, decoded at a reduced scale (env GROUNDING_MAX_DECODE_MB)")
+    hosting.add_argument("--max-side", type=int, default=_number(env, "GROUNDING_MAX_SIDE", defaults.max_side),
+                         help="long side images are downscaled to (env GROUNDING_MAX_SIDE)")
+    hosting.add_argument("--cache-mb", type=int, default=_number(env, "GROUNDING_CACHE_MB", defaults.cache_mb),
+                         help="disk for uploads and results; the oldest are deleted beyond it (env GROUNDING_CACHE_MB)")
+    hosting.add_argument("--cache-minutes", type=float,
+                         default=_number(env, "GROUNDING_CACHE_MINUTES", defaults.cache_minutes, float),
+                         help="uploads and results unused for this long are deleted (env GROUNDING_CACHE_MINUTES)")
+    hosting.add_argument("--load-retry-s", type=float,
+                         default=_number(env, "GROUNDING_LOAD_RETRY_S", defaults.load_retry_s, float),
+                         help="seconds before a model that failed to load is tried again; the page's Retry button "
+                              "tries at once (env GROUNDING_LOAD_RETRY_S)")
     args = parser.parse_args(argv)
+    try:
+        limits = HostingLimits(
+            max_upload_mb=args.max_upload_mb, max_decode_mb=args.max_decode_mb, max_side=args.max_side,
+            cache_mb=args.cache_mb, cache_minutes=args.cache_minutes, load_retry_s=args.load_retry_s,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     detector_specs = args.detector or [env.get("GROUNDING_DETECTOR") or "swint_ogc"]
     detectors = tuple(name.strip() for spec in detector_specs for name in spec.split(",") if name.strip())
     if not detectors:
@@ -68,7 +118,18 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
         sam=args.sam,
         sam_checkpoint=args.sam_checkpoint,
         max_prompt_tokens=args.max_prompt_tokens,
+        limits=limits,
     )
+
+
+def _number(env: dict[str, str] | os._Environ, name: str, default: float, kind: type = int) -> float:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"python app.py: ${name} must be a number, got {value!r}") from None
 
 
 def _truthy(value: str | None) -> bool:

@@ -5,6 +5,7 @@ export is asked for. UI-free apart from the error edge: every function turns the
 Results are not kept between events. Each event gets the inputs (image file, prompt, thresholds) and the
 pipeline's content-keyed caches answer what was computed before, so a slider move is a re-filter of a
 cached raw result (no model runs) and every session sees exactly its own inputs' result.
+Nothing a client receives names a server path: models go by display name, messages through `redact_paths`.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from app.images import ImageLoader
+from app.images import ImageLoader, studio_image_limits
+from app.messages import redact_paths
 from app.models import PipelineRegistry
 from app.rendering import (
     TABLE_HEADERS, legend_html, mask_areas, render, result_summary, table_rows, timings_markdown,
 )
+from app.settings import HostingLimits
+from app.uploads import ImageBytes, upload_folder
 from grounding.errors import GroundingError, InvalidPromptError
 from grounding.export import annotate, write_bundle
 from grounding.images import LoadedImage
@@ -40,6 +44,7 @@ from grounding.text import MAX_TOKENS, normalize_caption
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PROMPT_TOKENS = 1024  # 4 passes of the 256-token text window
 F = TypeVar("F", bound=Callable[..., Any])
+ImageInput = str | ImageBytes | None  # what `app.components.ImageUpload` hands over
 
 SHAPES_NOTICE = (
     ", the small demo model shipped with the studio: it knows coloured circles, squares, triangles, stars "
@@ -53,7 +58,8 @@ WHAT_TO_DO = (
 
 
 def user_errors(fn: F) -> F:
-    """Typed errors -> `gr.Error` with their message; anything else -> a short `gr.Error`, logged in full."""
+    """Typed errors -> `gr.Error` with their message (paths taken out); anything else -> a short `gr.Error`,
+    logged in full."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,7 +68,7 @@ def user_errors(fn: F) -> F:
         except gr.Error:
             raise
         except GroundingError as error:
-            raise gr.Error(str(error), title=_error_title(error), print_exception=False) from error
+            raise gr.Error(redact_paths(str(error)), title=error.title, print_exception=False) from error
         except Exception as error:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
@@ -74,23 +80,13 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _error_title(error: GroundingError) -> str:
-    titles = {
-        "InvalidImageError": "Image problem",
-        "InvalidPromptError": "Prompt problem",
-        "InvalidThresholdError": "Threshold problem",
-        "WeightsUnavailableError": "Model weights missing",
-        "CheckpointMismatchError": "Checkpoint problem",
-    }
-    return titles.get(type(error).__name__, "Error")
-
-
 class OutputFiles:
-    """Files handed to Gradio (annotated pictures, zips) in a private temp folder, at most `max_files`:
-    the oldest are deleted once Gradio has long since copied them into its own cache."""
+    """Files handed to Gradio (annotated pictures, zips), at most `max_files`: a result is superseded by the
+    newer ones long before it is deleted. They are written inside Gradio's upload folder, which Gradio serves
+    as is (no second copy) and the disk janitor bounds."""
 
-    def __init__(self, directory: str | os.PathLike | None = None, max_files: int = 256) -> None:
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="grounded-sam-studio-"))
+    def __init__(self, directory: str | os.PathLike | None = None, max_files: int = 64) -> None:
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="studio-", dir=_ensure(upload_folder())))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_files = max_files
         self._files: deque[Path] = deque()
@@ -98,7 +94,7 @@ class OutputFiles:
 
     def new_path(self, suffix: str, stem: str = "") -> Path:
         folder = self.directory / uuid.uuid4().hex[:16]
-        folder.mkdir()
+        folder.mkdir(parents=True)
         path = folder / f"{stem or 'result'}{suffix}"
         with self._lock:
             self._files.append(path)
@@ -116,20 +112,23 @@ class Studio:
         images: ImageLoader | None = None,
         outputs: OutputFiles | None = None,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+        limits: HostingLimits | None = None,
     ) -> None:
         self.registry = registry
-        self.images = images or ImageLoader()
+        self.limits = limits or HostingLimits()
+        self.images = images or ImageLoader(limits=studio_image_limits(self.limits))
         self.outputs = outputs or OutputFiles()
         self.max_prompt_tokens = max_prompt_tokens
 
     # ---- page status -------------------------------------------------------------------------------
     def banner(self) -> str:
-        """Top-of-page notice (markdown): empty when every model loads, else what is missing and what to do."""
+        """Top-of-page notice (markdown): empty when every model loads, else what is missing and what to do.
+        Failed loads are not retried here (see `PipelineRegistry`): a page load costs nothing."""
         problems = self.registry.load_all()
         if not problems:
             return ""
         lines = [
-            f"- **{name}**\n" + "\n".join(f"  - {line}" for line in message.splitlines())
+            f"- **{name}**\n" + "\n".join(f"  - {line}" for line in redact_paths(message).splitlines())
             for name, message in problems.items()
         ]
         fallback = self.registry.default_name
@@ -150,9 +149,16 @@ class Studio:
             + f"\n\n**What to do:** {WHAT_TO_DO}"
         )
 
+    def retry_loads(self) -> str:
+        """The page's Retry button: load the failed models again now (rate-limited), then the banner."""
+        if not self.registry.retry():
+            wait = self.registry.seconds_to_retry()
+            gr.Info(f"Loading was retried moments ago; try again in {wait:.0f} s.")
+        return self.banner()
+
     # ---- events ------------------------------------------------------------------------------------
     @user_errors
-    def encode(self, image: str | None, model: str | None, use_sam: bool) -> str:
+    def encode(self, image: ImageInput, model: str | None, use_sam: bool) -> str:
         """Decode and check a new image and run the image encoders (detector, and SAM when masks are on)
         into the cache, so the first prompt on it only runs the text side. Returns a status line."""
         start = time.perf_counter()
@@ -168,7 +174,7 @@ class Studio:
     @user_errors
     def segment(
         self,
-        image: str | None,
+        image: ImageInput,
         prompt: str,
         box_threshold: float,
         text_threshold: float,
@@ -187,7 +193,7 @@ class Studio:
         timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
         timings_ms["render"] = render_ms
         timings_ms["server"] = (time.perf_counter() - start) * 1000
-        model_info = pipeline.describe()
+        model_info = {**pipeline.describe(), "detector": self._model_name(model)}
         summary = result_summary(
             result,
             {
@@ -209,7 +215,7 @@ class Studio:
 
     def refilter(
         self,
-        image: str | None,
+        image: ImageInput,
         prompt: str,
         box_threshold: float,
         text_threshold: float,
@@ -225,7 +231,7 @@ class Studio:
     @user_errors
     def export(
         self,
-        image: str | None,
+        image: ImageInput,
         prompt: str,
         box_threshold: float,
         text_threshold: float,
@@ -236,7 +242,7 @@ class Studio:
         """Zip of `masks/NNN_phrase.png`, `coco.json`, `detections.json` and `annotated.png`."""
         pipeline = self.registry.get(model)
         result, _ = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
-        stem = Path(image).stem if image else "image"
+        stem = Path(image).stem if isinstance(image, str) else "image"
         path = self.outputs.new_path(".zip", stem=f"{stem}_grounded_sam")
         return str(write_bundle(result, path, image_name=f"{stem}.png", annotated=annotate(self._pixels(image), result)))
 
@@ -244,7 +250,7 @@ class Studio:
     def _run(
         self,
         pipeline: GroundedSAM,
-        image: str | None,
+        image: ImageInput,
         prompt: str,
         box_threshold: float,
         text_threshold: float,
@@ -276,7 +282,11 @@ class Studio:
                 f"lists with the batch CLI (python -m grounding.batch)."
             )
 
-    def _pixels(self, image: str | None) -> np.ndarray:
+    def _model_name(self, model: str | None) -> str:
+        """The dropdown's name of the model a request ran on."""
+        return model if model in self.registry.factories else self.registry.default_name
+
+    def _pixels(self, image: ImageInput) -> np.ndarray:
         return self.images(image).pixels
 
     def _write_picture(self, pixels: np.ndarray) -> Path:
@@ -284,6 +294,11 @@ class Studio:
         path = self.outputs.new_path(".jpg", stem="annotated")
         Image.fromarray(pixels).save(path, format="JPEG", quality=90)
         return path
+
+
+def _ensure(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def warm_image_caches(pipeline: GroundedSAM, loaded: LoadedImage, with_sam: bool) -> dict[str, bool]:

@@ -8,20 +8,30 @@ Named API endpoints (all take the same inputs as the page, in this order, unless
   /refilter (same as /segment)            -> same as /segment; what slider moves call (served from the
             caches, no model runs); does nothing while image or prompt is empty
   /export   (same as /segment)            -> zip: masks/NNN_phrase.png, coco.json, detections.json, annotated.png
+  /retry    ()                            -> markdown as /status, after loading the failed models again
+            (at most once per 30 s)
+
+Every event that can run a model goes through the pipeline's run lock (one model call at a time per device);
+Run, upload and export also queue one at a time in Gradio ("models"), while slider moves run beside them
+("refilter", 4 at a time) and return at once when the caches hold their answer.
 """
 from __future__ import annotations
 
 import os
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app.components import ImageUpload, ThresholdSlider
+from app.disk import DiskJanitor
+from app.edge import RequestBodyLimit, StudioBlocks
 from app.examples import example_rows
 from app.gpu import on_gpu
 from app.models import PipelineRegistry
 from app.rendering import TABLE_HEADERS
 from app.settings import StudioSettings
 from app.studio import Studio
+from app.uploads import upload_folder
 from grounding.pipeline import SUGGESTED_NMS_IOU
 
 TITLE = "Grounded-SAM studio"
@@ -48,19 +58,24 @@ def on_spaces() -> bool:
 def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.Blocks:
     """The studio page over `registry` (tests pass registries of tiny models)."""
     studio = studio or Studio(registry)
-    segment = on_gpu(studio.segment)
-    refilter = on_gpu(studio.refilter)
-    encode = on_gpu(studio.encode)
-    export = on_gpu(studio.export)
+    # ZeroGPU durations: a new image or prompt runs both encoders (seconds on a GPU; the first call also
+    # builds the CUDA op, ~15 s); a slider move at most decodes masks for newly shown boxes.
+    segment = on_gpu(studio.segment, duration=60)
+    refilter = on_gpu(studio.refilter, duration=20)
+    encode = on_gpu(studio.encode, duration=60)
+    export = on_gpu(studio.export, duration=60)
 
-    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+    age_s = int(studio.limits.cache_minutes * 60)
+    with StudioBlocks(title=TITLE, delete_cache=(max(60, age_s // 2), age_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         banner = gr.Markdown(label="Status", elem_id="weights-banner")
+        retry = gr.Button("Retry loading the models", size="sm", visible=False, elem_id="retry-loads")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=320):
                 image = ImageUpload(
                     type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=400, elem_id="input-image"
                 )
+                image.max_data_url_bytes = studio.limits.max_upload_bytes
                 image_info = gr.Markdown(label="Image info", elem_id="image-info")
                 prompt = gr.Textbox(
                     label="What to find",
@@ -115,19 +130,28 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
             examples=example_rows(),
             inputs=[image, prompt, box_threshold, text_threshold],
             outputs=outputs,
-            fn=lambda image, prompt, box, text: studio.segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
+            fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
             cache_examples=on_spaces(),
             cache_mode="lazy",
             run_on_click=True,
             label="Examples (drawn scenes; real weights needed for sensible boxes)",
         )
 
-        demo.load(studio.banner, outputs=banner, api_name="status")
+        def banner_update(text: str) -> tuple[str, dict]:
+            return text, gr.update(visible=bool(text))
+
+        demo.load(studio.banner, outputs=banner, api_name="status").then(
+            banner_update, banner, [banner, retry], api_visibility="private", queue=False
+        )
+        retry.click(studio.retry_loads, outputs=banner, api_name="retry", concurrency_id="models").then(
+            banner_update, banner, [banner, retry], api_visibility="private", queue=False
+        )
         image.upload(
-            encode, [image, model, use_sam], image_info, api_name="encode", show_progress="minimal"
+            encode, [image, model, use_sam], image_info, api_name="encode", show_progress="minimal",
+            concurrency_id="models",
         ).success(
             refilter, inputs, outputs, api_name="refilter_after_upload", api_visibility="private",
-            show_progress="minimal",
+            show_progress="minimal", concurrency_id="refilter", concurrency_limit=4,
         )
         gr.on(
             [run.click, prompt.submit], segment, inputs, outputs, api_name="segment", show_progress="minimal",
@@ -143,14 +167,32 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
 
 
 def launch(demo: gr.Blocks, settings: StudioSettings, **kwargs) -> tuple:
-    """Queue (one model run at a time per device) and serve `demo` as `settings` say."""
+    """Queue (one model run at a time per device), bound request bodies and disk, and serve `demo` as
+    `settings` say."""
+    limits = settings.limits
     demo.queue(default_concurrency_limit=1, max_size=64)
-    return demo.launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        share=settings.share,
-        max_file_size="50mb",
-        css=CSS,
-        footer_links=["api", "gradio"],
-        **kwargs,
-    )
+    janitor = DiskJanitor(
+        upload_folder(), max_bytes=limits.cache_mb << 20, max_age_s=limits.cache_minutes * 60,
+        keep=lambda: kept_files(demo),
+    ).start()
+    # A data: URL image in a JSON body is base64: 4/3 of the upload limit, plus room for the other inputs.
+    body_limit = limits.max_upload_bytes * 4 // 3 + (1 << 20)
+    try:
+        return demo.launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            share=settings.share,
+            max_file_size=limits.max_upload_bytes,
+            css=CSS,
+            footer_links=["api", "gradio"],
+            app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=body_limit)]},
+            **kwargs,
+        )
+    except BaseException:
+        janitor.stop()
+        raise
+
+
+def kept_files(demo: gr.Blocks) -> set[str]:
+    """Files Gradio must keep in its cache (the page's example images)."""
+    return {path for block in list(demo.blocks.values()) for path in getattr(block, "keep_in_cache", ())}

@@ -30,6 +30,7 @@ class AppServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_path
+        self.env = env
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(self.port), *args],
@@ -49,9 +50,10 @@ class AppServer:
                 time.sleep(0.5)
         raise TimeoutError(f"app.py did not answer within {timeout} s:\n{self.log()}")
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 4000) -> str:
         self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
 
     def stop(self) -> None:
         self.process.terminate()
@@ -71,6 +73,7 @@ def offline_env(tmp: Path) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1", GROUNDING_OFFLINE="1", HF_HOME=str(tmp / "hf"),
         GROUNDING_CACHE_DIR=str(tmp / "grounding-cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
         PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+        GROUNDING_LOAD_RETRY_S="3600",  # a failed load is tried again on purpose only (tests/app/test_hosting.py)
         GROUNDING_SHAPES_DIR=str(tmp / "no-shapes"),  # no shipped demo models either (tests/app/test_shipped.py)
     )
     return env

@@ -39,19 +39,28 @@ def test_sam_variant_is_read_from_the_checkpoint(tmp_path):
         resolve_sam(str(tmp_path / "missing.pth"), None)
 
 
-def test_registry_retries_a_failed_load_and_builds_once():
-    calls = []
+def test_registry_retries_a_failed_load_only_on_purpose_and_builds_once():
+    calls, now = [], [0.0]
 
     def factory():
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= 2:
             raise WeightsUnavailableError("put the file in place")
         return "pipeline"
 
-    registry = PipelineRegistry({"m": factory})
-    assert registry.load_all() == {"m": "put the file in place"}
-    assert registry.get("m") == "pipeline" and registry.get(None) == "pipeline" and len(calls) == 2
-    assert registry.load_all() == {}
+    registry = PipelineRegistry({"m": factory}, retry_after_s=300, clock=lambda: now[0])
+    assert registry.load_all() == {"m": "put the file in place"} and len(calls) == 1
+    for _ in range(5):  # page loads and requests within the retry time answer the error without a new load
+        assert registry.load_all() == {"m": "put the file in place"}
+        with pytest.raises(WeightsUnavailableError, match="put the file in place"):
+            registry.get("m")
+    assert len(calls) == 1 and registry.load_attempts == 1
+    now[0] = 301.0  # the retry time has come: one more attempt (which fails again)
+    assert registry.load_all() == {"m": "put the file in place"} and len(calls) == 2
+    now[0] = 320.0  # the page's Retry button tries at once, but not twice within MIN_RETRY_INTERVAL_S
+    assert registry.retry() and registry.get("m") == "pipeline" and len(calls) == 3
+    assert not registry.retry() and registry.seconds_to_retry() == pytest.approx(30.0)
+    assert registry.get(None) == "pipeline" and registry.load_all() == {} and len(calls) == 3
     with pytest.raises(WeightsUnavailableError, match="Unknown model"):
         registry.get("other")
 
@@ -113,3 +122,72 @@ def test_image_loader_caches_by_file_and_hides_server_paths(tmp_path):
     with pytest.raises(InvalidImageError) as caught:
         loader(tmp_path / "bad.png")
     assert str(tmp_path) not in str(caught.value)
+
+
+def test_janitor_deletes_old_files_then_the_oldest_beyond_the_size_bound(tmp_path):
+    import time
+
+    from app.disk import DiskJanitor
+
+    def write(name: str, size: int):
+        path = tmp_path / name / "file.bin"
+        path.parent.mkdir()
+        path.write_bytes(b"x" * size)
+        time.sleep(0.02)  # distinct ctimes: the order of use
+        return path
+
+    old, example = write("old", 10), write("example", 10)
+    time.sleep(1.2)
+    recent = [write(f"new{index}", 400) for index in range(5)]
+    janitor = DiskJanitor(tmp_path, max_bytes=1000, max_age_s=1.0, keep=lambda: {str(example)}, grace_s=0)
+    sweep = janitor.sweep()
+    assert not old.exists() and not old.parent.exists()  # unused for too long; its empty folder gone too
+    assert example.exists()  # kept on purpose (the page's example), old as it is
+    assert [path.exists() for path in recent] == [False, False, False, True, True]  # the oldest went first
+    assert sweep.deleted_files == 4 and sweep.kept_bytes == 810
+    # A file read again (the image loader touches an upload it reads) counts as used now.
+    ImageLoader()._key(str(recent[3]))
+    time.sleep(0.3)
+    write("newest", 400)
+    janitor.max_bytes = 900
+    janitor.sweep()
+    assert recent[3].exists() and not recent[4].exists()
+
+
+def test_paths_are_taken_out_of_messages():
+    from app.messages import redact_paths
+
+    text = ("SAM weights: put it in /home/me/.cache/grounding/sam. Or pass /path/sam.pth; see "
+            "https://huggingface.co/ShilongLiu/GroundingDINO/resolve/main/x.pth or C:\\models\\w.pth (\"/srv/a/b.png\")")
+    redacted = redact_paths(text)
+    assert "/home/me" not in redacted and "…/sam." in redacted and "C:\\models" not in redacted
+    assert "/path/sam.pth" in redacted and "https://huggingface.co/ShilongLiu/GroundingDINO/resolve/main/x.pth" in redacted
+    assert '"…/b.png"' in redacted
+
+
+def test_only_files_in_the_upload_folder_are_accepted(tmp_path, monkeypatch):
+    import os
+
+    from app.uploads import EXPIRED_UPLOAD, REFUSED_SOURCE, RefusedInput, confined_path, data_url_bytes
+
+    uploads, outside = tmp_path / "gradio", tmp_path / "server"
+    (uploads / "abc").mkdir(parents=True)
+    outside.mkdir()
+    (uploads / "abc" / "photo.png").write_bytes(b"png")
+    (outside / "secret.png").write_bytes(b"png")
+    (uploads / "link.png").symlink_to(outside / "secret.png")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    assert confined_path(str(uploads / "abc" / "photo.png")) == os.path.realpath(uploads / "abc" / "photo.png")
+    for path in [outside / "secret.png", outside / "missing.png", uploads / "link.png", uploads / ".." / "server" /
+                 "secret.png", "secret.png", uploads, "http://127.0.0.1/x.png", ""]:
+        with pytest.raises(RefusedInput, match="Paths and links are not read") as caught:
+            confined_path(str(path))
+        assert str(caught.value) == REFUSED_SOURCE
+    with pytest.raises(RefusedInput, match="upload it again") as caught:
+        confined_path(str(uploads / "abc" / "gone.png"))
+    assert str(caught.value) == EXPIRED_UPLOAD
+    assert data_url_bytes("data:image/png;base64,cG5n", 10).data == b"png"
+    with pytest.raises(RefusedInput, match="the limit is"):
+        data_url_bytes("data:image/png;base64," + "A" * 4000, 1000)
+    with pytest.raises(RefusedInput, match="base64"):
+        data_url_bytes("data:image/png,raw", 1000)
