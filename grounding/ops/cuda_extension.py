@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,12 @@ def build_extension(
     cpp_extension.CUDA_HOME = cuda_home  # torch resolved it at import, possibly to a wrapper's parent
     build_dir = Path(build_dir or build_directory())
     build_dir.mkdir(parents=True, exist_ok=True)
+    # torch < 2.9 ignores -gencode flags when it picks its own arch list, and with no GPU visible that list is
+    # empty (IndexError inside torch); naming the same archs in TORCH_CUDA_ARCH_LIST works on every version.
+    arches = ";".join(f"{m[0]}.{m[1:]}" for m in re.findall(r"compute_(\d+)", " ".join(cuda_arch_flags)))
+    set_arches = bool(arches) and not os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if set_arches:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arches
     try:
         cpp_extension.load(
             name=EXTENSION_NAME,
@@ -121,6 +128,9 @@ def build_extension(
         )
     except Exception as err:  # build or dlopen failure; the message is what the user needs
         raise ExtensionUnavailable(f"building the CUDA op in {build_dir} failed: {_first_line(err)}") from err
+    finally:
+        if set_arches:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
     register_python_parts()
     return build_dir / f"{EXTENSION_NAME}.so"
 
