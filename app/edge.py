@@ -1,8 +1,9 @@
 """The server's edge, where Gradio receives a request before any studio code runs.
 
 - `RequestBodyLimit`: an ASGI middleware that refuses request bodies over a byte limit (413) while they are
-  received, so a JSON call cannot carry an image past the upload limit, nor a body of any size into memory.
-  Gradio's upload route keeps its own limit (`max_file_size`) and is left to it.
+  received, so no call (JSON or an upload) carries more than one image's worth into memory; and JSON bodies
+  holding more than `max_json_items` objects, arrays or values, which cost a hundred times their size to parse
+  (a 10 MB body of `{},` took 700 MB), while a data: URL, one long string, costs little.
 - `StudioBlocks`: `gr.Blocks` whose input preprocessing turns Gradio's own refusals (too few inputs, a value
   its data model rejects, a file path outside the upload folder) into a message for the caller; Gradio would
   answer `{"error": null}` and keep the reason in the log.
@@ -23,53 +24,57 @@ from app.uploads import REFUSED_SOURCE
 log = logging.getLogger(__name__)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class RequestBodyLimit:
-    """Refuse HTTP request bodies over `max_bytes` with 413, judged from Content-Length and while streaming."""
+    """Refuse HTTP request bodies over `max_bytes` with 413, judged from Content-Length and while streaming, and
+    JSON bodies with more than `max_json_items` structural characters ({ [ ,)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt_suffixes: tuple[str, ...] = ("/upload",)) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_items: int = 20_000) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt_suffixes = exempt_suffixes
+        self.max_json_items = max_json_items
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(self.exempt_suffixes):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        # The whole body is read (it is bounded) and judged before the app sees a byte of it, so a refusal is
+        # always this 413, never a parser's error halfway through.
+        chunks, received, items = [], 0, 0
+        is_json = b"json" in headers.get(b"content-type", b"")
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":  # the client went away
+                return
+            body = message.get("body", b"")
+            received += len(body)
+            if is_json:  # base64 has none of these; a caption a few hundred
+                items += body.count(b"{") + body.count(b"[") + body.count(b",")
+            if received > self.max_bytes or items > self.max_json_items:
                 await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = PlainTextResponse(
-            f"Request body larger than {self.max_bytes / 2**20:.0f} MB: upload images as files "
-            "(the API's file upload), not inside the request.",
+            f"Request body larger than {self.max_bytes / 2**20:.0f} MB or with more than {self.max_json_items} "
+            "values: send one image per request (a file upload, or a data: URL) and the endpoint's inputs only.",
             status_code=413,
         )
         await response(scope, receive, send)
@@ -79,11 +84,14 @@ class StudioBlocks(gr.Blocks):
     """`gr.Blocks` whose refusals of malformed inputs reach the caller as a message."""
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        if len(inputs) > len(block_fn.inputs):
+            raise gr.Error(malformed_message(block_fn, inputs), title="Malformed request", print_exception=False)
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
-        except InvalidPathError:  # a path outside the upload folder, marked as a Gradio file
+        except (InvalidPathError, OSError):  # a path outside the upload folder, marked as a Gradio file (or one
+            # Gradio could not even look at): the same answer as any other path, whatever exists out there
             raise gr.Error(REFUSED_SOURCE, title="Image problem", print_exception=False) from None
         except Exception as error:
             log.info("refused a malformed call to %s: %s", block_fn.api_name or block_fn.name, error)
@@ -94,8 +102,9 @@ def malformed_message(block_fn: Any, inputs: list[Any]) -> str:
     """Which input of the call was not in a form the endpoint takes, by name."""
     names = [_input_name(block) for block in block_fn.inputs]
     endpoint = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
-    if len(inputs) < len(names):
-        return f"{endpoint} takes {len(names)} inputs ({', '.join(names)}); the call sent {len(inputs)}."
+    if len(inputs) != len(names):
+        takes = f"{len(names)} inputs ({', '.join(names)})" if names else "no inputs"
+        return f"{endpoint} takes {takes}; the call sent {len(inputs)}."
     for index, (block, value) in enumerate(zip(block_fn.inputs, inputs)):
         data_model = getattr(block, "data_model", None)
         if data_model is None or value is None:

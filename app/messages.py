@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import re
 
-# An absolute POSIX path (at least two parts, so "a/b" and "/ " are left alone), "~/..." or a Windows drive path,
-# starting a word: a URL's path ("https://host/a/b") is preceded by a host name, not by a space or quote.
-_PATH = re.compile(r"""(?<![\w.:/~-])(?:~?/(?!path/)[^\s'"`<>()\[\]{},;|]+/[^\s'"`<>()\[\]{},;|]*|[A-Za-z]:\\[^\s'"`<>|]+)""")
+# An absolute POSIX path (at least two parts, so "a/b" and "/ " are left alone; inner parts may hold single
+# spaces, "/srv/my models/x.pth"), "~/...", a file:// URL's path or a Windows drive path. A web URL's path
+# ("https://host/a/b") is preceded by its host name and is left alone; so is "//host".
+_PART = r"""[^\s'"`<>()\[\]{},;|/]+"""
+_PATH = re.compile(
+    rf"""(?:(?<![\w.~/-])|(?<=file://))(?:~?/(?!/)(?!path/)(?:{_PART}(?: {_PART})*/)+{_PART}?|[A-Za-z]:\\[^\s'"`<>|]+)"""
+)
 
 
 def redact_paths(text: str) -> str:

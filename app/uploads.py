@@ -43,16 +43,29 @@ def upload_folder() -> str:
 
 
 def confined_path(path: str) -> str:
-    """The real path of `path` if it is a file inside the upload folder; RefusedInput otherwise."""
-    if not isinstance(path, str) or not path or "\0" in path or "://" in path:
+    """The real path of `path` if it is a file inside the upload folder; RefusedInput otherwise.
+
+    The path must be inside the folder as written (absolute, no ".." part) and once symlinks are resolved;
+    nothing outside the folder is looked at, so the answer never depends on what exists out there.
+    """
+    if not isinstance(path, str) or not path or "\0" in path or "://" in path or ".." in path.split(os.sep):
         raise RefusedInput(REFUSED_SOURCE)
     root = upload_folder()
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, root]) != root or real == root:
+    if not _inside(os.path.abspath(path), root) and not _inside(os.path.abspath(path), get_upload_folder()):
         raise RefusedInput(REFUSED_SOURCE)
-    if not os.path.isfile(real):
-        raise RefusedInput(EXPIRED_UPLOAD)
+    try:
+        real = os.path.realpath(path)
+        if not _inside(real, root):
+            raise RefusedInput(REFUSED_SOURCE)
+        if not os.path.isfile(real):
+            raise RefusedInput(EXPIRED_UPLOAD)
+    except OSError:
+        raise RefusedInput(REFUSED_SOURCE) from None
     return real
+
+
+def _inside(path: str, root: str) -> bool:
+    return path != root and os.path.commonpath([path, root]) == root
 
 
 def data_url_bytes(url: str, max_bytes: int) -> ImageBytes:
@@ -62,7 +75,7 @@ def data_url_bytes(url: str, max_bytes: int) -> ImageBytes:
         raise RefusedInput("An image data URL must be base64 encoded (data:image/png;base64,...).")
     if len(encoded) * 3 // 4 > max_bytes:
         raise RefusedInput(
-            f"The image data URL holds about {len(encoded) * 3 // 4 / 2**20:.0f} MB; the limit is "
+            f"The image data URL holds about {len(encoded) * 3 // 4 / 2**20:.1f} MB; the limit is "
             f"{max_bytes / 2**20:.0f} MB. Send a smaller image."
         )
     try:

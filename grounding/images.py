@@ -9,9 +9,9 @@ a file path, raw bytes or a binary file object. Handled on the way:
   float images by [0, 1];
 - too large: decided from the file's header, before any pixel is decoded. More pixels than
   `ImageLimits.max_pixels` is refused (decompression bomb); a decode that would need more memory than
-  `ImageLimits.max_decode_bytes` is refused, except a JPEG, which is decoded at 1/2, 1/4 or 1/8 scale (DCT
-  draft mode) when that fits; a long side above `max_side` is downscaled in the image's own mode before
-  any conversion, with a note;
+  `ImageLimits.max_decode_bytes` (the image, the decoder's own buffers, the conversions) is refused, except a
+  JPEG, which is decoded at 1/2, 1/4 or 1/8 scale (DCT draft mode) when that fits; a long side above
+  `max_side` is downscaled in the image's own mode before any conversion, with a note;
 - too small (a side under `min_side`) or a thin strip (aspect above `max_aspect`) is refused, also from the
   header: the detector resizes the short side to 800 px and would see nothing but interpolation.
 """
@@ -32,6 +32,9 @@ from grounding.errors import InvalidImageError
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Bytes per output pixel of the conversions after the downscale (RGB image, arrays, compositing copies).
 _OUTPUT_BYTES_PER_PIXEL = 16
+# PIL decoders that produce rows as they read (PNG, uncompressed rasters, GIF, baseline JPEG); others (WebP,
+# libtiff strips, RLE, progressive JPEG) hold whole-image buffers of their own while they decode.
+_STREAMING_CODECS = {"zip", "raw", "gif", "jpeg"}
 # EXIF orientation -> the transpose that shows the image upright.
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -143,17 +146,31 @@ def _open(
     return opened, stored_size
 
 
+def decoder_overhead(opened: Image.Image) -> int:
+    """Bytes a decoder holds beyond the decoded image, judged from the header: 0 for streaming decoders, the
+    coefficients of the whole image for a progressive JPEG (at any draft scale), three RGBA copies for the others
+    (measured: lossless WebP peaks at ~3.6x its RGBA size, a deflate TIFF strip at ~1.7x)."""
+    width, height = opened.size
+    codec = opened.tile[0][0] if opened.tile else None
+    if codec == "jpeg" and (opened.info.get("progressive") or opened.info.get("progression")):
+        return 2 * width * height * len(opened.getbands())
+    if codec in _STREAMING_CODECS:
+        return 0
+    return 3 * width * height * 4
+
+
 def _plan_decode(opened: Image.Image, limits: ImageLimits) -> None:
     """Refuse from the header what would be too costly to decode; set a JPEG to decode at a reduced scale."""
     _check_shape(opened.size, limits)
     width, height = opened.size
     size = opened.size
+    overhead = decoder_overhead(opened)
     if opened.format == "JPEG":
-        divisor = _jpeg_divisor(opened.size, opened.mode, limits)
+        divisor = _jpeg_divisor(opened.size, opened.mode, limits, overhead)
         if divisor > 1:
             opened.draft(opened.mode, (width // divisor, height // divisor))  # a draft only takes effect once
             size = (-(-width // divisor), -(-height // divisor))  # libjpeg rounds scaled sizes up
-    needed = decode_bytes(size, opened.mode, limits.max_side)
+    needed = decode_bytes(size, opened.mode, limits.max_side) + overhead
     if needed > limits.max_decode_bytes:
         raise InvalidImageError(
             f"The image is {width}x{height} pixels ({opened.mode}); decoding it would take about "
@@ -162,14 +179,15 @@ def _plan_decode(opened: Image.Image, limits: ImageLimits) -> None:
         )
 
 
-def _jpeg_divisor(size: tuple[int, int], mode: str, limits: ImageLimits) -> int:
+def _jpeg_divisor(size: tuple[int, int], mode: str, limits: ImageLimits, overhead: int) -> int:
     """DCT scale divisor (1, 2, 4 or 8) to decode a JPEG at: the largest whose long side still reaches
     `max_side` (the image is downscaled to that anyway), or a larger one where that is what fits the budget."""
     width, height = size
     scaled = {d: (-(-width // d), -(-height // d)) for d in (1, 2, 4, 8)}
     long_side = min(max(size), limits.max_side)
     sharpest = max(d for d, (w, h) in scaled.items() if max(w, h) >= long_side)
-    fitting = [d for d in scaled if d >= sharpest and decode_bytes(scaled[d], mode, limits.max_side) <= limits.max_decode_bytes]
+    budget = limits.max_decode_bytes - overhead
+    fitting = [d for d in scaled if d >= sharpest and decode_bytes(scaled[d], mode, limits.max_side) <= budget]
     return fitting[0] if fitting else 8
 
 
