@@ -11,6 +11,7 @@ import os
 
 from setuptools import find_packages, setup
 
+from grounding import __version__
 from grounding.ops.cuda_extension import CSRC_DIR, NVCC_FLAGS, SOURCES, find_cuda_home
 
 DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"  # A100, RTX 30xx, RTX 40xx / L4, H100 / H200 (+PTX for newer)
@@ -40,7 +41,7 @@ def extension_modules() -> tuple[list, dict]:
 ext_modules, cmdclass = extension_modules()
 setup(
     name="grounded-sam-studio",
-    version="0.1.0",
+    version=__version__,
     packages=find_packages(include=["grounding", "grounding.*"]),
     python_requires=">=3.10",
     ext_modules=ext_modules,

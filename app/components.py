@@ -1,4 +1,4 @@
-"""Two Gradio components with the checks moved from Gradio's preprocessing into the app.
+"""Three Gradio components with the checks moved from Gradio's preprocessing into the app.
 
 `gr.Image` opens every upload with PIL before the event function runs, so a corrupt file or a
 decompression bomb fails inside Gradio with a bare "Error", and it opens whatever path a caller names.
@@ -49,6 +49,16 @@ class ImageUpload(gr.Image):
         if isinstance(url_or_file_path, str) and is_http_url_like(url_or_file_path):
             raise gr.Error(REFUSED_SOURCE, title="Image problem", print_exception=False)
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class PromptBox(gr.Textbox):
+    """`gr.Textbox` whose value reaches the event function as sent (Gradio would turn a list or a number from an
+    API call into its text form and run it as a prompt); the studio refuses what is not text."""
+
+    is_template = True
+
+    def preprocess(self, payload: str | None) -> str | None:
+        return payload
 
 
 class ThresholdSlider(gr.Slider):

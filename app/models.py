@@ -95,6 +95,10 @@ class PipelineRegistry:
                 pass
         return {name: str(error) for name, error in self._errors.items()}
 
+    def failures(self) -> dict[str, GroundingError]:
+        """{name: the error of its last load} for the models that are not available."""
+        return dict(self._errors)
+
     def retry(self) -> bool:
         """Try the failed models again now; False (nothing tried) within `MIN_RETRY_INTERVAL_S` of the last."""
         now = self.clock()

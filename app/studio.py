@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,18 +28,21 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+import grounding
+from app.examples import demo_example_rows
 from app.images import ImageLoader, studio_image_limits
 from app.messages import redact_paths
 from app.models import PipelineRegistry
 from app.rendering import (
-    TABLE_HEADERS, legend_html, mask_areas, render, result_summary, table_rows, timings_markdown,
+    TABLE_HEADERS, details_markdown, mask_areas, render, result_summary, status_html, table_rows,
 )
 from app.settings import HostingLimits
 from app.uploads import ImageBytes, upload_folder
-from grounding.errors import GroundingError, InvalidPromptError
-from grounding.export import annotate, write_bundle
+from grounding.drawing import annotate
+from grounding.errors import GroundingError, InvalidOptionError, InvalidPromptError
+from grounding.export import write_bundle
 from grounding.images import LoadedImage
-from grounding.pipeline import GroundedResult, GroundedSAM
+from grounding.pipeline import SAME_PHRASE_NMS_IOU, GroundedResult, GroundedSAM
 from grounding.shipped import SHAPES_NAME
 from grounding.text import MAX_TOKENS, normalize_caption
 
@@ -46,15 +51,14 @@ DEFAULT_MAX_PROMPT_TOKENS = 1024  # 4 passes of the 256-token text window
 F = TypeVar("F", bound=Callable[..., Any])
 ImageInput = str | ImageBytes | None  # what `app.components.ImageUpload` hands over
 
-SHAPES_NOTICE = (
-    ", the small demo model shipped with the studio: it knows coloured circles, squares, triangles, stars "
-    "and rings (try the shapes examples), nothing else"
-)
-WHAT_TO_DO = (
-    "Pass local weights: `python app.py --detector /path/groundingdino_swint_ogc.pth --sam vit_b "
-    "--sam-checkpoint /path/sam_vit_b_01ec64.pth`, or allow downloads (unset `HF_HUB_OFFLINE` / "
-    "`GROUNDING_OFFLINE`) and restart. `python app.py --help` lists every option."
-)
+LOAD_HELP = """Pass local weights, for example
+
+```
+python app.py --detector /path/groundingdino_swint_ogc.pth --sam vit_b --sam-checkpoint /path/sam_vit_b_01ec64.pth
+```
+
+or allow downloads (unset `HF_HUB_OFFLINE` / `GROUNDING_OFFLINE`) and restart; `python app.py --help` lists every
+option. Once the files are in place, **Retry** loads them without a restart. The server log has the full errors."""
 
 
 def user_errors(fn: F) -> F:
@@ -103,6 +107,33 @@ class OutputFiles:
         return path
 
 
+@dataclass(frozen=True)
+class StudioRequest:
+    """The inputs every result event takes, in the page's order (`app.ui` wires them so)."""
+
+    image: ImageInput
+    prompt: str | None
+    box_threshold: float
+    text_threshold: float
+    nms_iou: float
+    use_sam: bool
+    model: str | None
+
+    def __post_init__(self) -> None:
+        """Kinds only (the pipeline checks values): an API call can send anything in any position."""
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InvalidPromptError(f"The prompt must be text, got {type(self.prompt).__name__}.")
+        if not isinstance(self.use_sam, bool):
+            raise InvalidOptionError(f"use_sam (masks on/off) must be true or false, got {self.use_sam!r}.")
+        if self.model is not None and not isinstance(self.model, str):
+            raise InvalidOptionError(f"model must be a model name (text) or null, got {type(self.model).__name__}.")
+
+    @property
+    def complete(self) -> bool:
+        """An image and a prompt with some text: something to show."""
+        return bool(self.image) and bool((self.prompt or "").strip())
+
+
 class Studio:
     """Event functions over a `PipelineRegistry`. Thread-safe: Gradio calls them from its worker threads."""
 
@@ -122,32 +153,42 @@ class Studio:
 
     # ---- page status -------------------------------------------------------------------------------
     def banner(self) -> str:
-        """Top-of-page notice (markdown): empty when every model loads, else what is missing and what to do.
+        """Top-of-page notice (markdown): empty when every model loads, else one line on what the page runs
+        with, and a collapsed "How to load real models" with a short reason per model and the commands.
         Failed loads are not retried here (see `PipelineRegistry`): a page load costs nothing."""
-        problems = self.registry.load_all()
+        self.registry.load_all()
+        problems = self.registry.failures()
         if not problems:
             return ""
-        lines = [
-            f"- **{name}**\n" + "\n".join(f"  - {line}" for line in redact_paths(message).splitlines())
-            for name, message in problems.items()
-        ]
         fallback = self.registry.default_name
-        if fallback == self.registry.names[0] and fallback in self.registry.loaded():  # only extra choices failed
-            return "### ℹ️ Some models in the menu could not be loaded\n" + "\n".join(lines)
-        if fallback in self.registry.loaded():
-            what_now = (
-                f"The page uses **{fallback}** instead"
-                + (SHAPES_NOTICE if fallback == SHAPES_NAME else "")
-                + "; the model menu lists every choice.\n\n"
-            )
+        if fallback in self.registry.loaded() and fallback == self.registry.names[0]:  # only extra choices failed
+            headline = f"ℹ️ {', '.join(problems)}: weights missing; **{fallback}** is in use."
+        elif fallback in self.registry.loaded():
+            knows = ", which knows coloured shapes only (try the examples)" if fallback == SHAPES_NAME else ""
+            headline = f"**Demo mode** — real weights not found: using the small **{fallback}** model{knows}."
         else:
-            what_now = "The studio is running, but it cannot detect anything until the weights are found.\n\n"
-        return (
-            "### ⚠️ Model weights are not available\n"
-            + what_now
-            + "\n".join(lines)
-            + f"\n\n**What to do:** {WHAT_TO_DO}"
-        )
+            headline = "⚠️ **No model could be loaded**: the studio cannot detect anything until the weights are found."
+        reasons = "\n".join(f"- **{name}**: {short_reason(error)}" for name, error in problems.items())
+        return f"{headline}\n\n<details><summary>How to load real models</summary>\n\n{reasons}\n\n{LOAD_HELP}\n\n</details>"
+
+    def demo_mode(self) -> bool:
+        """True when the page runs on the shipped shapes models because the configured ones did not load."""
+        return self.registry.default_name == SHAPES_NAME and self.registry.names[0] != SHAPES_NAME
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, name) per model of the menu; one that cannot load says so."""
+        failures = self.registry.failures()
+        return [(f"{name} — weights missing" if name in failures else name, name) for name in self.registry.names]
+
+    def choose_model(self, model: str | None) -> str:
+        """The menu's choice if it loads; otherwise one short warning and the model in use stays selected."""
+        try:
+            self.registry.get(model)
+            return model or self.registry.default_name
+        except GroundingError:
+            working = self.registry.default_name
+            gr.Warning(f"{model}: weights missing (see “How to load real models” at the top); keeping {working}.")
+            return working
 
     def retry_loads(self) -> str:
         """The page's Retry button: load the failed models again now (rate-limited), then the banner."""
@@ -161,6 +202,7 @@ class Studio:
     def encode(self, image: ImageInput, model: str | None, use_sam: bool) -> str:
         """Decode and check a new image and run the image encoders (detector, and SAM when masks are on)
         into the cache, so the first prompt on it only runs the text side. Returns a status line."""
+        StudioRequest(image, None, 0.0, 0.0, 1.0, use_sam, model)  # the kinds of the options
         start = time.perf_counter()
         loaded = self.images(image)
         pipeline = self.registry.get(model)
@@ -182,37 +224,10 @@ class Studio:
         use_sam: bool,
         model: str | None,
     ) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
-        """The full request: (annotated picture path, legend HTML, table, JSON summary, timing line)."""
-        start = time.perf_counter()
-        pipeline = self.registry.get(model)
-        result, calls = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
-        tick = time.perf_counter()
-        areas = mask_areas(result)
-        picture_path = self._write_picture(render(self._pixels(image), result, areas))
-        render_ms = (time.perf_counter() - tick) * 1000
-        timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
-        timings_ms["render"] = render_ms
-        timings_ms["server"] = (time.perf_counter() - start) * 1000
-        model_info = {**pipeline.describe(), "detector": self._model_name(model)}
-        summary = result_summary(
-            result,
-            {
-                "timings_ms": {name: round(ms, 2) for name, ms in timings_ms.items()},
-                "cache": result.cache,
-                "model_calls": calls,
-                "model": model_info,
-            },
-            areas,
-        )
-        table = {"headers": TABLE_HEADERS, "data": table_rows(result, areas)}
-        return (
-            str(picture_path),
-            legend_html(result),
-            table,
-            summary,
-            timings_markdown(timings_ms, model_info, result.cache),
-        )
+        """The full request: (picture path, status HTML, table, JSON summary, details markdown)."""
+        return self._result(StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model))
 
+    @user_errors
     def refilter(
         self,
         image: ImageInput,
@@ -224,9 +239,10 @@ class Studio:
         model: str | None,
     ) -> tuple[Any, ...]:
         """`segment` for slider moves: with no image or no prompt yet there is nothing to update (no error)."""
-        if not image or not (prompt or "").strip():
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+        if not request.complete:
             return tuple(gr.skip() for _ in range(5))
-        return self.segment(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+        return self._result(request)
 
     @user_errors
     def export(
@@ -239,31 +255,103 @@ class Studio:
         use_sam: bool,
         model: str | None,
     ) -> str:
-        """Zip of `masks/NNN_phrase.png`, `coco.json`, `detections.json` and `annotated.png`."""
+        """Zip of what the inputs show, in the uploaded image's own frame: `masks/NNN_phrase.png`, `coco.json`,
+        `detections.json`, `meta.json` (prompt, thresholds, models, sizes) and `annotated.png`."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
         pipeline = self.registry.get(model)
-        result, _ = self._run(pipeline, image, prompt, box_threshold, text_threshold, nms_iou, use_sam)
-        stem = Path(image).stem if isinstance(image, str) else "image"
-        path = self.outputs.new_path(".zip", stem=f"{stem}_grounded_sam")
-        return str(write_bundle(result, path, image_name=f"{stem}.png", annotated=annotate(self._pixels(image), result)))
+        result, _ = self._run(pipeline, request)
+        name = Path(image).name if isinstance(image, str) else "image.png"
+        path = self.outputs.new_path(".zip", stem=f"{Path(name).stem}_grounded_sam")
+        meta = {
+            "prompt": prompt,
+            "phrases": result.prompt_phrases,
+            "box_threshold": box_threshold,
+            "text_threshold": text_threshold,
+            "nms_iou": nms_iou,
+            "same_phrase_nms_iou": SAME_PHRASE_NMS_IOU,
+            "masks": bool(use_sam),
+            "models": {**pipeline.describe(), "detector": self._model_name(model)},
+            "precision": str(getattr(getattr(pipeline.detector, "model", None), "dtype", "float32")).replace("torch.", ""),
+            "studio_version": grounding.__version__,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return str(write_bundle(result, path, image_name=name, annotated=annotate(self._pixels(image), result), meta=meta))
+
+    @user_errors
+    def preview(self, *inputs: Any) -> tuple[Any, Any]:
+        """What a slider drag updates, from the page's inputs: (picture, status line); the table and JSON follow
+        on release."""
+        request = StudioRequest(*inputs)
+        if not request.complete:
+            return gr.skip(), gr.skip()
+        start = time.perf_counter()
+        result, _ = self._run(self.registry.get(request.model), request)
+        picture = self._picture(request.image, result, mask_areas(result))
+        return picture, status_html(result, time.perf_counter() - start, request.box_threshold)
+
+    @user_errors
+    def show(self, *inputs: Any) -> tuple[Any, ...]:
+        """After an upload, from the page's inputs: the result for the prompt, or an empty result while there is
+        no prompt (the last image's result must not stay beside the new image)."""
+        request = StudioRequest(*inputs)
+        return self._result(request) if request.complete else self.cleared()
+
+    def page_state(self) -> tuple[Any, ...]:
+        """The page as it opens: (model menu, Retry button, photo examples, image, prompt, box, text threshold).
+        In demo mode it opens on the first shapes example, whose result the next event computes."""
+        menu = gr.update(choices=self.model_choices(), value=self.registry.default_name)
+        retry = gr.update(visible=bool(self.registry.failures()))
+        photos = gr.update(visible=not self.demo_mode())
+        if not self.demo_mode():
+            return menu, retry, photos, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        image, prompt, box, text = demo_example_rows()[0]
+        return menu, retry, photos, image, prompt, box, text
+
+    @staticmethod
+    def cleared() -> tuple[Any, ...]:
+        """Empty result outputs (after an error, or when the image is removed): nothing stale stays on show."""
+        return None, "", {"headers": TABLE_HEADERS, "data": []}, None, ""
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _run(
-        self,
-        pipeline: GroundedSAM,
-        image: ImageInput,
-        prompt: str,
-        box_threshold: float,
-        text_threshold: float,
-        nms_iou: float,
-        use_sam: bool,
-    ) -> tuple[GroundedResult, dict[str, int]]:
+    def _result(self, request: StudioRequest) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
+        """(picture path, status HTML, table, JSON summary, details markdown) of `request`."""
+        start = time.perf_counter()
+        pipeline = self.registry.get(request.model)
+        result, calls = self._run(pipeline, request)
+        tick = time.perf_counter()
+        areas = mask_areas(result)
+        picture = self._picture(request.image, result, areas)
+        timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
+        timings_ms["render"] = (time.perf_counter() - tick) * 1000
+        timings_ms["server"] = (time.perf_counter() - start) * 1000
+        model_info = {**pipeline.describe(), "detector": self._model_name(request.model)}
+        summary = result_summary(
+            result,
+            {
+                "timings_ms": {name: round(ms, 2) for name, ms in timings_ms.items()},
+                "cache": result.cache,
+                "model_calls": calls,
+                "model": model_info,
+            },
+            areas,
+        )
+        return (
+            picture,
+            status_html(result, timings_ms["server"] / 1000, request.box_threshold),
+            {"headers": TABLE_HEADERS, "data": table_rows(result, areas)},
+            summary,
+            details_markdown(timings_ms, model_info, result.cache),
+        )
+
+    def _run(self, pipeline: GroundedSAM, request: StudioRequest) -> tuple[GroundedResult, dict[str, int]]:
         """The pipeline result and the model calls it made (delta of `pipeline.stats`; other sessions'
         calls at the same moment may show up in it)."""
-        loaded = self.images(image)
-        self._check_prompt_size(pipeline, prompt)
+        loaded = self.images(request.image)
+        self._check_prompt_size(pipeline, request.prompt)
         before = pipeline.stats.snapshot()
-        run = pipeline.segment if use_sam else pipeline.detect
-        result = run(loaded, prompt, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou)
+        run = pipeline.segment if request.use_sam else pipeline.detect
+        result = run(loaded, request.prompt, box_threshold=request.box_threshold,
+                     text_threshold=request.text_threshold, nms_iou=request.nms_iou)
         after = pipeline.stats.snapshot()
         return result, {name: after[name] - before[name] for name in after}
 
@@ -289,11 +377,22 @@ class Studio:
     def _pixels(self, image: ImageInput) -> np.ndarray:
         return self.images(image).pixels
 
-    def _write_picture(self, pixels: np.ndarray) -> Path:
-        """JPEG, because it encodes ~15x faster than PNG and the slider path has a 50 ms budget."""
+    def _picture(self, image: ImageInput, result: GroundedResult, areas: list[int | None]) -> str:
+        """The on-screen picture as a JPEG: it encodes ~15x faster than PNG, and the slider path has a 50 ms
+        budget. (Its alt text travels in the status line; the page copies it onto the picture.)"""
         path = self.outputs.new_path(".jpg", stem="annotated")
-        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-        return path
+        Image.fromarray(render(self._pixels(image), result, areas)).save(path, format="JPEG", quality=90)
+        return str(path)
+
+
+def short_reason(error: GroundingError) -> str:
+    """One line per part of a load error (detector, SAM): its first clause, without library exception text or
+    server paths."""
+    parts = []
+    for line in redact_paths(str(error)).splitlines():
+        line = re.split(r": [A-Z]\w*(?:Error|Exception)\b|(?<=\.) ", line, maxsplit=1)[0].strip()
+        parts.append(line if len(line) <= 200 else line[:199] + "…")
+    return "; ".join(part for part in parts if part)
 
 
 def _ensure(folder: str) -> str:

@@ -1,19 +1,23 @@
 """The page: layout, and which event runs which `Studio` function under which API name.
 
 Named API endpoints (all take the same inputs as the page, in this order, unless noted):
-  /status   ()                            -> markdown: empty when the models load, else what to do
+  /status   ()                            -> markdown: empty when the models load, else what the page runs on
+            and how to load the real models
+  /retry    ()                            -> as /status, after loading the failed models again (at most once
+            per 30 s)
   /encode   (image, model, use_sam)       -> status line; runs the image encoders once per image
   /segment  (image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
-            -> (annotated image, legend HTML, detections table, JSON summary, timing line)
-  /refilter (same as /segment)            -> same as /segment; what slider moves call (served from the
+            -> (annotated image, status HTML, detections table, JSON summary, details markdown)
+  /refilter (same as /segment)            -> same as /segment; what slider releases call (served from the
             caches, no model runs); does nothing while image or prompt is empty
-  /export   (same as /segment)            -> zip: masks/NNN_phrase.png, coco.json, detections.json, annotated.png
-  /retry    ()                            -> markdown as /status, after loading the failed models again
-            (at most once per 30 s)
+  /export   (same as /segment)            -> zip in the uploaded image's frame: masks/NNN_phrase.png, coco.json,
+            detections.json, meta.json, annotated.png
 
 Every event that can run a model goes through the pipeline's run lock (one model call at a time per device);
 Run, upload and export also queue one at a time in Gradio ("models"), while slider moves run beside them
-("refilter", 4 at a time) and return at once when the caches hold their answer.
+("refilter", 4 at a time) and return at once when the caches hold their answer. During a drag only the picture
+and the status line follow the slider (latest wins); the table, JSON and details follow on release (a key
+press on a slider counts as a release).
 """
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ import os
 import gradio as gr
 from starlette.middleware import Middleware
 
-from app.components import ImageUpload, ThresholdSlider
+from app.components import ImageUpload, PromptBox, ThresholdSlider
 from app.disk import DiskJanitor
 from app.edge import RequestBodyLimit, StudioBlocks
-from app.examples import example_rows
+from app.examples import demo_example_rows, photo_example_rows
 from app.gpu import on_gpu
 from app.models import PipelineRegistry
 from app.rendering import TABLE_HEADERS
@@ -35,19 +39,47 @@ from app.uploads import upload_folder
 from grounding.pipeline import SUGGESTED_NMS_IOU
 
 TITLE = "Grounded-SAM studio"
-INTRO = (
-    "Type what to find, separated by ` . ` (e.g. `cat . remote control`), add an image and press **Run**. "
-    "Grounding DINO finds boxes for the phrases, SAM turns them into masks. The sliders re-filter the cached "
-    "result at once, without running a model again."
-)
+INTRO = "Type what to find (`cat . remote control`), add an image, press **Run**: boxes from Grounding DINO, masks from SAM."
 CSS = """
-.gsam-legend { display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; font-size: 0.95em; }
-.gsam-chip { display: inline-flex; align-items: center; gap: 6px; padding: 2px 10px 2px 6px;
-             border-radius: 999px; border: 1px solid var(--chip); background: color-mix(in srgb, var(--chip) 14%, transparent); }
+.gradio-container { --block-info-text-color: #4b5563; --input-placeholder-color: #6b7280; }
+.dark .gradio-container, .gradio-container.dark { --block-info-text-color: #d1d5db; --input-placeholder-color: #9ca3af; }
+#weights-banner { padding: 6px 12px; border-radius: 8px; background: color-mix(in srgb, #f59e0b 12%, transparent); }
+#weights-banner p { margin: 0; }
+#weights-banner details { margin-top: 4px; }
+#weights-banner pre, #weights-banner code { white-space: pre-wrap; overflow-wrap: anywhere; }
+#status .gsam-legend { display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; }
+.gsam-count { margin-right: 4px; }
+.gsam-chip { display: inline-flex; align-items: center; gap: 6px; padding: 2px 10px 2px 6px; border-radius: 999px;
+             border: 1px solid var(--chip); background: color-mix(in srgb, var(--chip) 14%, transparent); }
 .gsam-swatch { width: 12px; height: 12px; border-radius: 3px; background: var(--chip); }
-#weights-banner h3 { color: #b45309; }
-#timings { font-size: 0.9em; opacity: 0.85; }
+.gsam-hints { margin: 6px 0 0 0; padding-left: 18px; font-size: 0.92em; }
+#result-col.gsam-stale #result-image, #result-col.gsam-stale #status { opacity: 0.35; transition: opacity 0.2s; }
+#download-file { display: none; }
 """
+# A key step on a slider fires "input" but no "release": send Gradio's own release path (pointerup) on key-up,
+# so the table and JSON follow keyboard moves too. The result picture's alt text is the status line's
+# `data-alt` ("3 objects: red circle ×1, ..."), copied over whenever either changes.
+JS = """
+() => {
+  document.addEventListener("keyup", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement && target.type === "range" && target.closest(".gsam-slider")) {
+      target.dispatchEvent(new PointerEvent("pointerup", { bubbles: true }));
+    }
+  });
+  const describe = () => {
+    const img = document.querySelector("#result-image img");
+    const legend = document.querySelector("#status [data-alt]");
+    const alt = legend ? "Result: " + legend.dataset.alt : "";
+    if (img && img.alt !== alt) img.alt = alt;
+  };
+  new MutationObserver(describe).observe(document.body, { subtree: true, childList: true, attributes: true,
+                                                          attributeFilter: ["src", "data-alt"] });
+}
+"""
+MARK_STALE = "() => { document.querySelector('#result-col')?.classList.add('gsam-stale'); }"
+MARK_FRESH = "() => { document.querySelector('#result-col')?.classList.remove('gsam-stale'); }"
+CLICK_DOWNLOAD = "() => { document.querySelector('#download-file a, #download-file button')?.click(); }"
 
 
 def on_spaces() -> bool:
@@ -61,42 +93,42 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
     # ZeroGPU durations: a new image or prompt runs both encoders (seconds on a GPU; the first call also
     # builds the CUDA op, ~15 s); a slider move at most decodes masks for newly shown boxes.
     segment = on_gpu(studio.segment, duration=60)
+    show = on_gpu(studio.show, duration=60)
     refilter = on_gpu(studio.refilter, duration=20)
+    preview = on_gpu(studio.preview, duration=20)
     encode = on_gpu(studio.encode, duration=60)
     export = on_gpu(studio.export, duration=60)
-
+    demo_first = studio.demo_mode()  # shapes examples lead when the page runs on the demo models
     age_s = int(studio.limits.cache_minutes * 60)
+
     with StudioBlocks(title=TITLE, delete_cache=(max(60, age_s // 2), age_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        banner = gr.Markdown(label="Status", elem_id="weights-banner")
-        retry = gr.Button("Retry loading the models", size="sm", visible=False, elem_id="retry-loads")
+        banner = gr.Markdown(studio.banner(), elem_id="weights-banner", visible=bool(studio.banner()))
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=320):
                 image = ImageUpload(
-                    type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=400, elem_id="input-image"
+                    type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=300,
+                    elem_id="input-image",
                 )
                 image.max_data_url_bytes = studio.limits.max_upload_bytes
-                image_info = gr.Markdown(label="Image info", elem_id="image-info")
-                prompt = gr.Textbox(
-                    label="What to find",
-                    placeholder="cat . remote control . person",
-                    info="Phrases separated by ' . '; long lists are split into 256-token chunks.",
-                    elem_id="prompt",
-                )
-                with gr.Row():
-                    run = gr.Button("Run", variant="primary", elem_id="run")
-                    export_button = gr.Button("Export masks + COCO", elem_id="export")
+                with gr.Row(equal_height=True):
+                    prompt = PromptBox(
+                        label="What to find", placeholder="cat . remote control . person", scale=4,
+                        info="Phrases separated by ' . '", elem_id="prompt", max_lines=3,
+                    )
+                    run = gr.Button("Run", variant="primary", scale=1, min_width=90, elem_id="run")
+                example_slots = gr.Column(elem_id="examples")
                 with gr.Accordion("Thresholds and options", open=True):
                     box_threshold = ThresholdSlider(
-                        minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold",
+                        minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold", elem_classes="gsam-slider",
                         info="keep a box when its best phrase score is above this", elem_id="box-threshold",
                     )
                     text_threshold = ThresholdSlider(
-                        minimum=0, maximum=1, value=0.25, step=0.01, label="Text threshold",
+                        minimum=0, maximum=1, value=0.25, step=0.01, label="Text threshold", elem_classes="gsam-slider",
                         info="words scoring above this form the box's label", elem_id="text-threshold",
                     )
                     nms_iou = ThresholdSlider(
-                        minimum=0, maximum=1, value=1.0, step=0.01, label="NMS IoU (1 = off)",
+                        minimum=0, maximum=1, value=1.0, step=0.01, label="NMS IoU (1 = off)", elem_classes="gsam-slider",
                         info=f"drop overlapping boxes of any phrase above this overlap; try {SUGGESTED_NMS_IOU}",
                         elem_id="nms-iou",
                     )
@@ -106,63 +138,97 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
                             info=None if registry.sam_enabled else "started with --sam none",
                         )
                         model = gr.Dropdown(
-                            choices=registry.names, value=registry.default_name, label="Detector",
-                            visible=len(registry.names) > 1,
+                            choices=studio.model_choices(), value=registry.default_name, label="Detector",
+                            visible=len(registry.names) > 1, elem_id="model",
                         )
-            with gr.Column(scale=6, min_width=320):
+                retry = gr.Button("Retry loading the models", size="sm", visible=bool(registry.failures()),
+                                  elem_id="retry-loads")
+                image_info = gr.Markdown(elem_id="image-info")
+            with gr.Column(scale=6, min_width=320, elem_id="result-col"):
                 annotated = gr.Image(
-                    label="Result", type="filepath", format="jpeg", interactive=False, height=400,
+                    label="Result", type="filepath", format="jpeg", interactive=False, height=440,
                     buttons=["download", "fullscreen"], elem_id="result-image",
                 )
-                legend = gr.HTML(label="Legend", elem_id="legend")
-                timings = gr.Markdown(label="Timings", elem_id="timings")
-                download = gr.File(label="Export (zip)", interactive=False, height=90, elem_id="download")
-        table = gr.Dataframe(
-            headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="detections",
-            datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
-        )
-        with gr.Accordion("Raw result (JSON)", open=False):
-            summary = gr.JSON(label="Summary", elem_id="summary")
+                status = gr.HTML(elem_id="status")
+                download_button = gr.Button("Download masks + COCO (zip)", elem_id="export")
+                download = gr.DownloadButton(visible="hidden", elem_id="download-file")
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="detections",
+                    datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
+                )
+                with gr.Accordion("Details: timings, cache, raw JSON", open=False, elem_id="details-box"):
+                    details = gr.Markdown(elem_id="details")
+                    summary = gr.JSON(label="Raw result (JSON)", elem_id="summary")
 
         inputs = [image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model]
-        outputs = [annotated, legend, table, summary, timings]
-        gr.Examples(
-            examples=example_rows(),
-            inputs=[image, prompt, box_threshold, text_threshold],
-            outputs=outputs,
-            fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
-            cache_examples=on_spaces(),
-            cache_mode="lazy",
-            run_on_click=True,
-            label="Examples (drawn scenes; real weights needed for sensible boxes)",
-        )
+        outputs = [annotated, status, table, summary, details]
+        examples = {}
+        with example_slots:
+            groups = [("shapes", demo_example_rows()), ("photos", photo_example_rows())]
+            for name, rows in groups if demo_first else groups[::-1]:
+                examples[name] = gr.Examples(
+                    examples=rows, inputs=[image, prompt, box_threshold, text_threshold], outputs=outputs,
+                    fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
+                    cache_examples=on_spaces(), cache_mode="lazy", run_on_click=True, visible_columns=[0, 1],
+                    label="Shapes scenes (the demo model knows these)" if name == "shapes"
+                    else "Drawings (need the real weights)",
+                    examples_per_page=3,
+                )
 
-        def banner_update(text: str) -> tuple[str, dict]:
-            return text, gr.update(visible=bool(text))
+        def after(event, with_failure: bool = True):
+            """A result event: fresh look on success, cleared result on failure (never a stale picture)."""
+            event.success(None, js=MARK_FRESH)
+            if with_failure:
+                event.failure(studio.cleared, None, outputs, api_visibility="private", queue=False).then(
+                    None, js=MARK_FRESH)
+
+        def show_banner(text: str) -> dict:
+            return gr.update(visible=bool(text))
 
         demo.load(studio.banner, outputs=banner, api_name="status").then(
-            banner_update, banner, [banner, retry], api_visibility="private", queue=False
+            show_banner, banner, banner, api_visibility="private", queue=False)
+        opened = demo.load(
+            studio.page_state, outputs=[model, retry, examples["photos"].dataset, image, prompt, box_threshold,
+                                        text_threshold], api_visibility="private",
         )
+        after(opened.then(refilter, inputs, outputs, api_name="opening_result", api_visibility="private",
+                          concurrency_id="refilter", concurrency_limit=4))
         retry.click(studio.retry_loads, outputs=banner, api_name="retry", concurrency_id="models").then(
-            banner_update, banner, [banner, retry], api_visibility="private", queue=False
+            show_banner, banner, banner, api_visibility="private", queue=False).then(
+            studio.page_state, outputs=[model, retry, examples["photos"].dataset, image, prompt, box_threshold,
+                                        text_threshold], api_visibility="private",
         )
+
         image.upload(
             encode, [image, model, use_sam], image_info, api_name="encode", show_progress="minimal",
             concurrency_id="models",
         ).success(
-            refilter, inputs, outputs, api_name="refilter_after_upload", api_visibility="private",
+            show, inputs, outputs, api_name="show_after_upload", api_visibility="private",
             show_progress="minimal", concurrency_id="refilter", concurrency_limit=4,
-        )
-        gr.on(
+        ).success(None, js=MARK_FRESH)
+        image.clear(studio.cleared, None, outputs, api_visibility="private", queue=False).then(
+            lambda: "", None, image_info, api_visibility="private", queue=False)
+        gr.on([image.upload, prompt.input], None, js=MARK_STALE)
+        after(gr.on(
             [run.click, prompt.submit], segment, inputs, outputs, api_name="segment", show_progress="minimal",
             concurrency_id="models",
-        )
+        ))
+        sliders = [box_threshold, text_threshold, nms_iou]
         gr.on(
-            [box_threshold.input, text_threshold.input, nms_iou.input, use_sam.input, model.input],
-            refilter, inputs, outputs, api_name="refilter", trigger_mode="always_last",
-            show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
+            [slider.input for slider in sliders], preview, inputs, [annotated, status], api_visibility="private",
+            trigger_mode="always_last", show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
         )
-        export_button.click(export, inputs, download, api_name="export", concurrency_id="models")
+        after(gr.on(
+            [*(slider.release for slider in sliders), use_sam.input], refilter, inputs, outputs, api_name="refilter",
+            trigger_mode="always_last", show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
+        ))
+        after(model.input(studio.choose_model, model, model, api_visibility="private", concurrency_id="refilter",
+                          concurrency_limit=4).then(
+            refilter, inputs, outputs, api_name="model_result", api_visibility="private", show_progress="minimal",
+            concurrency_id="refilter", concurrency_limit=4,
+        ))
+        download_button.click(export, inputs, download, api_name="export", concurrency_id="models").success(
+            None, js=CLICK_DOWNLOAD)
     return demo
 
 
@@ -184,6 +250,7 @@ def launch(demo: gr.Blocks, settings: StudioSettings, **kwargs) -> tuple:
             share=settings.share,
             max_file_size=limits.max_upload_bytes,
             css=CSS,
+            js=JS,
             footer_links=["api", "gradio"],
             app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=body_limit)]},
             **kwargs,

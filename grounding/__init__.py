@@ -5,4 +5,5 @@
 """
 from grounding.ops import backend, backend_reason
 
-__all__ = ["backend", "backend_reason"]
+__version__ = "0.13.0"
+__all__ = ["__version__", "backend", "backend_reason"]

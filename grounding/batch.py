@@ -14,8 +14,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from grounding.drawing import annotate
 from grounding.errors import GroundingError
-from grounding.export import annotate, coco_dataset, write_mask_pngs
+from grounding.export import coco_dataset, write_mask_pngs
 from grounding.images import load_image
 from grounding.pipeline import GroundedResult, GroundedSAM, check_nms_iou
 from grounding.postprocess import check_threshold

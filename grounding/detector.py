@@ -23,7 +23,7 @@ from grounding.checkpoint import LoadReport, display_name, load_model
 from grounding.images import load_image
 from grounding.model import GroundingDINO, ImageFeatures
 from grounding.model.preprocess import preprocess_image
-from grounding.postprocess import check_threshold, detections_from_probs, merge_detections
+from grounding.postprocess import best_phrase_scores, check_threshold, detections_from_probs, merge_detections
 from grounding.results import Detections
 from grounding.text import TokenizedCaption, load_tokenizer, tokenize_caption
 
@@ -168,6 +168,15 @@ class GroundingDetector:
             detections_from_probs(probs, boxes, chunk, raw.image_size, box_threshold, text_threshold)
             for chunk, probs, boxes in zip(raw.chunks, raw.probs, raw.boxes)
         ])
+
+    def phrase_scores(self, raw: RawDetections) -> dict[str, float]:
+        """Best box score per prompt phrase (see `best_phrase_scores`): what the box threshold must be under for
+        a phrase without a box to get one."""
+        scores: dict[str, float] = {}
+        for chunk, probs in zip(raw.chunks, raw.probs):
+            for phrase, score in zip(chunk.phrases, best_phrase_scores(probs, chunk)):
+                scores[phrase] = max(score, scores.get(phrase, 0.0))
+        return scores
 
     def detect(
         self, image: Any, prompt: str | list[str], box_threshold: float = 0.35, text_threshold: float = 0.25

@@ -35,3 +35,9 @@ class CheckpointMismatchError(GroundingError):
     """A checkpoint's keys or shapes do not fit the model it is loaded into."""
 
     title = "Checkpoint problem"
+
+
+class InvalidOptionError(GroundingError):
+    """A request option (masks on/off, model name, ...) has a value of the wrong kind."""
+
+    title = "Request problem"

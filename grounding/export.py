@@ -1,5 +1,10 @@
 """Results out of the pipeline: supervision `Detections`, per-object PNG masks, COCO JSON, a zip bundle.
 
+The zip (`write_bundle`) is in the frame of the image as it was handed in: when the pipeline worked on a
+downscaled copy, boxes are scaled back and masks resized with the same mapping (each original pixel takes the
+mask value at its centre's position in the working frame), one mask at a time, so a large photo with many
+objects never holds all full-size masks at once.
+
 COCO output follows the detection format (Lin et al. 2014): `bbox` is [x, y, width, height] in pixels,
 `segmentation` is a compressed RLE {"size": [H, W], "counts": str} in column-major order, as written by
 pycocotools (encoded with supervision's `mask_to_rle`, decodable by `rle_to_mask` or pycocotools), `score`
@@ -12,25 +17,17 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import supervision as sv
 from PIL import Image
 
+from grounding.drawing import class_names
 from grounding.pipeline import GroundedResult
-
-
-def class_names(results: Iterable[GroundedResult]) -> list[str]:
-    """Stable class list: prompt phrases in prompt order, then labels outside the prompt, sorted."""
-    results = list(results)
-    names: list[str] = []
-    for result in results:
-        names += [p for p in result.prompt_phrases if p not in names]
-    extra = sorted({p for result in results for p in result.phrases if p not in names})
-    return names + extra
 
 
 def to_supervision(result: GroundedResult, names: Sequence[str] | None = None) -> sv.Detections:
@@ -61,29 +58,40 @@ def coco_rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 
 def coco_dataset(entries: Sequence[tuple[str, GroundedResult]], names: Sequence[str] | None = None) -> dict[str, Any]:
-    """One COCO JSON dict for many images: `entries` are (file_name, result) pairs, image ids from 1."""
-    names = list(names) if names is not None else class_names(result for _, result in entries)
+    """One COCO JSON dict for many images: `entries` are (file_name, result) pairs, image ids from 1; boxes and
+    masks in each result's own frame."""
+    names = list(names) if names is not None else class_names([result for _, result in entries])
     images, annotations = [], []
     for image_id, (file_name, result) in enumerate(entries, start=1):
         width, height = result.image_size
         images.append({"id": image_id, "file_name": file_name, "width": int(width), "height": int(height)})
-        for i, (box, score, phrase) in enumerate(zip(result.boxes, result.scores, result.phrases)):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotation: dict[str, Any] = {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": names.index(phrase) + 1,
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "area": round((x2 - x1) * (y2 - y1), 2),
-                "score": round(float(score), 4),
-                "iscrowd": 0,
-            }
-            if result.masks is not None:
-                annotation["segmentation"] = mask_to_coco_rle(result.masks[i])
-                annotation["area"] = int(result.masks[i].sum())
-            annotations.append(annotation)
+        masks = iter(result.masks) if result.masks is not None else None
+        for box, score, phrase in zip(result.boxes, result.scores, result.phrases):
+            annotations.append(coco_annotation(
+                len(annotations) + 1, image_id, names.index(phrase) + 1, box, score, next(masks) if masks else None
+            ))
     categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_annotation(
+    annotation_id: int, image_id: int, category_id: int, box: np.ndarray, score: float, mask: np.ndarray | None
+) -> dict[str, Any]:
+    """One COCO annotation: bbox [x, y, w, h] from an xyxy box; with a mask, its RLE and pixel area."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    annotation: dict[str, Any] = {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+        "area": round((x2 - x1) * (y2 - y1), 2),
+        "score": round(float(score), 4),
+        "iscrowd": 0,
+    }
+    if mask is not None:
+        annotation["segmentation"] = mask_to_coco_rle(mask)
+        annotation["area"] = int(mask.sum())
+    return annotation
 
 
 def to_coco(result: GroundedResult, file_name: str = "image.png") -> dict[str, Any]:
@@ -120,23 +128,34 @@ def write_mask_pngs(result: GroundedResult, directory: str | Path) -> list[Path]
     return paths
 
 
-def annotate(image: np.ndarray | Image.Image, result: GroundedResult, names: Sequence[str] | None = None) -> np.ndarray:
-    """[H, W, 3] uint8 RGB with masks, boxes and "phrase 0.42" labels; one colour per class name."""
-    scene = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
-    if len(result) == 0:
-        return scene
-    detections = to_supervision(result, names)
-    # supervision draws numpy scenes in BGR order: swap the palette's R and B to draw on RGB.
-    palette = sv.ColorPalette([sv.Color(r=c.b, g=c.g, b=c.r) for c in sv.ColorPalette.DEFAULT.colors])
-    scale = max(scene.shape[:2]) / 1000.0
-    if result.masks is not None:
-        scene = sv.MaskAnnotator(color=palette, opacity=0.45).annotate(scene, detections)
-    scene = sv.BoxAnnotator(color=palette, thickness=max(1, round(2 * scale))).annotate(scene, detections)
-    labels = [f"{phrase} {score:.2f}" for phrase, score in zip(result.phrases, result.scores)]
-    scene = sv.LabelAnnotator(
-        color=palette, text_scale=max(0.4, 0.5 * scale), text_thickness=max(1, round(scale)), smart_position=True
-    ).annotate(scene, detections, labels=labels)
-    return scene
+def detections_json(
+    result: GroundedResult, boxes: np.ndarray | None = None, areas: Sequence[int | None] | None = None
+) -> list[dict[str, Any]]:
+    """The detections as JSON-ready dicts: phrase, score, box xyxy px (`boxes`, default the result's), mask area."""
+    boxes = result.boxes if boxes is None else boxes
+    areas = areas if areas is not None else [None] * len(result)
+    return [
+        {"phrase": phrase, "score": round(float(score), 4), "box_xyxy": [round(float(v), 2) for v in box],
+         "mask_area": area}
+        for phrase, score, box, area in zip(result.phrases, result.scores, boxes, areas)
+    ]
+
+
+def frame_scale(result: GroundedResult) -> tuple[float, float]:
+    """(sx, sy) from the result's working frame to the image as handed in."""
+    (width, height), (original_width, original_height) = result.image_size, result.original_size
+    return original_width / width, original_height / height
+
+
+def masks_in_original_frame(result: GroundedResult) -> Iterator[np.ndarray]:
+    """The result's masks one at a time, [H, W] bool at `original_size`: each original pixel takes the working
+    mask's value at its centre (the mapping that scales the boxes)."""
+    size = tuple(int(v) for v in result.original_size)
+    for mask in result.masks if result.masks is not None else ():
+        if tuple(mask.shape[::-1]) == size:
+            yield mask
+        else:
+            yield cv2.resize(mask.view(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT).view(bool)
 
 
 def write_bundle(
@@ -144,27 +163,38 @@ def write_bundle(
     path: str | Path,
     image_name: str = "image.png",
     annotated: np.ndarray | Image.Image | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """A zip for the UI's download: `masks/NNN_phrase.png`, `coco.json` (image `image_name`),
-    `detections.json` (boxes xyxy, scores, phrases, timings) and, if given, `annotated.png`."""
+    """A zip for the UI's download, in the frame of the image as handed in (`result.original_size`):
+    `masks/NNN_phrase.png`, `coco.json` (image `image_name`), `detections.json` (boxes xyxy, scores, phrases,
+    mask areas), `meta.json` (`meta` plus both frames) and, if given, `annotated.png` (the working frame)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "image_size": list(result.image_size),
-        "original_size": list(result.original_size),
-        "notes": result.notes,
-        "detections": [
-            {"phrase": p, "score": round(float(s), 4), "box_xyxy": [round(float(v), 2) for v in b]}
-            for b, s, p in zip(result.boxes, result.scores, result.phrases)
-        ],
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-    }
+    sx, sy = frame_scale(result)
+    boxes = np.asarray(result.boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
+    names = class_names([result])
+    width, height = (int(v) for v in result.original_size)
+    annotations, areas = [], []
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("coco.json", json.dumps(to_coco(result, image_name), indent=1))
-        archive.writestr("detections.json", json.dumps(summary, indent=1))
-        if result.masks is not None:
-            for i, (mask, phrase) in enumerate(zip(result.masks, result.phrases)):
+        masks = masks_in_original_frame(result) if result.masks is not None else None
+        for i, (box, score, phrase) in enumerate(zip(boxes, result.scores, result.phrases)):
+            mask = next(masks) if masks is not None else None
+            annotations.append(coco_annotation(i + 1, 1, names.index(phrase) + 1, box, score, mask))
+            areas.append(annotations[-1]["area"] if mask is not None else None)
+            if mask is not None:
                 archive.writestr(f"masks/{mask_png_name(i, phrase)}", mask_png_bytes(mask))
+        coco = {
+            "images": [{"id": 1, "file_name": image_name, "width": width, "height": height}],
+            "annotations": annotations,
+            "categories": [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)],
+        }
+        archive.writestr("coco.json", json.dumps(coco, indent=1))
+        summary = {"image_size": [width, height], "notes": result.notes,
+                   "detections": detections_json(result, boxes, areas)}
+        archive.writestr("detections.json", json.dumps(summary, indent=1))
+        frames = {"file_name": image_name, "original_size": [width, height],
+                  "working_size": list(result.image_size), "frame": "original"}
+        archive.writestr("meta.json", json.dumps({**(meta or {}), "image": frames}, indent=1))
         if annotated is not None:
             picture = annotated if isinstance(annotated, Image.Image) else Image.fromarray(np.asarray(annotated))
             buffer = io.BytesIO()

@@ -5,7 +5,7 @@ A request reads top-down:
     load_image -> image_key ─┬─ [raw cache] (image, prompt) -> RawDetections ── hit: no model runs
                              │     miss: [image cache] detector.encode_image (Swin, once per image)
                              │           detector.run_text (BERT + transformer, per prompt)
-                             ├─ detector.filter (thresholds) -> class-agnostic NMS          (always, ~ms)
+                             ├─ detector.filter (thresholds) -> same-phrase + class-agnostic NMS  (always, ~ms)
                              └─ [mask cache] (image, box) -> mask ── missing boxes only:
                                    [image cache] segmenter.encode_image (SAM ViT, once per image)
                                    segmenter.decode_boxes (all missing boxes in one batched call)
@@ -18,9 +18,10 @@ answered from the caches never waits for it.
 Public API (consumed by the UI in `app/`):
     pipeline = GroundedSAM.from_names(detector="swint_ogc", sam="vit_b", device=None)
     result = pipeline.segment(image, "cat . remote control .", box_threshold=0.35, text_threshold=0.25,
-                              nms_iou=None, multimask=False)
+                              nms_iou=None, same_phrase_nms_iou=0.8, multimask=False)
     result.boxes [N,4] xyxy px, result.scores [N], result.phrases [N], result.masks [N,H,W] bool,
-    result.timings {stage: seconds}, result.cache {cache: hit?}, result.image_size (W, H), result.notes
+    result.timings {stage: seconds}, result.cache {cache: hit?}, result.image_size (W, H), result.notes,
+    result.phrase_scores {prompt phrase: best score, boxed or not}
     pipeline.detect(...) is the same without masks; pipeline.stats counts model calls;
     pipeline.encode_image(image) fills the image caches ahead of a prompt; pipeline.describe() names models and
     device (display names, never file paths).
@@ -47,10 +48,12 @@ from grounding.results import Detections
 from grounding.sam import SamMasks, SamSegmenter
 from grounding.text import normalize_caption, split_phrases, tokenize_caption
 
-# NMS is off by default, as in the official demos (Grounding DINO rarely returns one object twice under
-# the same phrase). 0.5 is the value to offer when a prompt names one thing twice ("dog . puppy ."):
-# Grounded-SAM's automatic labelling uses 0.5 with torchvision's NMS.
+# Class-agnostic NMS is off by default, as in the official demos. 0.5 is the value to offer when a prompt
+# names one thing twice ("dog . puppy ."): Grounded-SAM's automatic labelling uses 0.5 with torchvision's NMS.
 SUGGESTED_NMS_IOU = 0.5
+# Two boxes of the same label overlapping this much are one object found twice (the shapes example gave two
+# "yellow square" boxes at IoU 0.98); distinct objects of one kind rarely overlap that much.
+SAME_PHRASE_NMS_IOU = 0.8
 
 
 class Detector(Protocol):
@@ -59,6 +62,7 @@ class Detector(Protocol):
     def encode_image(self, image: Any) -> Any: ...
     def run_text(self, encoding: Any, prompt: str) -> Any: ...
     def filter(self, raw: Any, box_threshold: float, text_threshold: float) -> Detections: ...
+    def phrase_scores(self, raw: Any) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class GroundedResult(Detections):
     original_size: tuple[int, int] = (0, 0)  # (W, H) of the input (after EXIF rotation)
     prompt_phrases: list[str] = field(default_factory=list)  # the prompt's phrases, in order (stable classes)
     notes: list[str] = field(default_factory=list)  # what was done to the input (downscaled, converted, ...)
+    phrase_scores: dict[str, float] = field(default_factory=dict)  # best score per prompt phrase, boxed or not
 
 
 @dataclass
@@ -102,11 +107,21 @@ def class_agnostic_nms(boxes: np.ndarray, scores: np.ndarray, iou: float | None)
     return keep.numpy()
 
 
-def check_nms_iou(value: float | None) -> float | None:
+def same_phrase_nms(boxes: np.ndarray, scores: np.ndarray, phrases: list[str], iou: float | None) -> np.ndarray:
+    """Indices to keep (highest score first) after NMS among boxes of the same label; None or >= 1 keeps all."""
+    if iou is None or iou >= 1.0 or len(boxes) < 2:
+        return np.argsort(-scores, kind="stable")
+    labels = {phrase: index for index, phrase in enumerate(dict.fromkeys(phrases))}
+    groups = torch.as_tensor([labels[phrase] for phrase in phrases])
+    boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return torchvision.ops.batched_nms(boxes_t, torch.as_tensor(scores), groups, float(iou)).numpy()
+
+
+def check_nms_iou(value: float | None, name: str = "nms_iou") -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
-        raise InvalidThresholdError(f"nms_iou must be None (off) or a number between 0 and 1, got {value!r}")
+        raise InvalidThresholdError(f"{name} must be None (off) or a number between 0 and 1, got {value!r}")
     return float(value)
 
 
@@ -194,6 +209,7 @@ class GroundedSAM:
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
         nms_iou: float | None = None,
+        same_phrase_nms_iou: float | None = SAME_PHRASE_NMS_IOU,
     ) -> GroundedResult:
         """Boxes, scores and phrases for `prompt` in `image` (masks None).
 
@@ -202,9 +218,13 @@ class GroundedSAM:
         box_threshold: keep a box whose best token probability exceeds this, in [0, 1].
         text_threshold: tokens above this form the phrase label, in [0, 1].
         nms_iou: class-agnostic NMS IoU in [0, 1]; None (default) or 1.0 is off. See SUGGESTED_NMS_IOU.
+        same_phrase_nms_iou: NMS among boxes of the same label (one object found twice), in [0, 1]; None or
+            1.0 is off. Applied before `nms_iou`.
         Raises InvalidImageError, InvalidPromptError, InvalidThresholdError.
         """
-        return self._run(image, prompt, box_threshold, text_threshold, nms_iou, masks=False, multimask=False)
+        return self._run(
+            image, prompt, box_threshold, text_threshold, nms_iou, same_phrase_nms_iou, masks=False, multimask=False
+        )
 
     def segment(
         self,
@@ -214,6 +234,7 @@ class GroundedSAM:
         text_threshold: float = 0.25,
         nms_iou: float | None = None,
         multimask: bool = False,
+        same_phrase_nms_iou: float | None = SAME_PHRASE_NMS_IOU,
     ) -> GroundedResult:
         """`detect` plus one SAM mask per box at the image's resolution.
 
@@ -225,7 +246,9 @@ class GroundedSAM:
                 "No SAM model is loaded, so masks are unavailable: turn masks off, or load SAM "
                 "(GroundedSAM.from_names(sam='vit_b', sam_checkpoint=...) / $SAM_CHECKPOINT)."
             )
-        return self._run(image, prompt, box_threshold, text_threshold, nms_iou, masks=True, multimask=multimask)
+        return self._run(
+            image, prompt, box_threshold, text_threshold, nms_iou, same_phrase_nms_iou, masks=True, multimask=multimask
+        )
 
     def encode_image(self, image: Any, with_sam: bool = True) -> dict[str, bool]:
         """Run the image encoders on `image` into the caches now (e.g. on upload, before a prompt is typed),
@@ -258,6 +281,7 @@ class GroundedSAM:
         box_threshold: float,
         text_threshold: float,
         nms_iou: float | None,
+        same_phrase_nms_iou: float | None,
         masks: bool,
         multimask: bool,
     ) -> GroundedResult:
@@ -269,6 +293,7 @@ class GroundedSAM:
         box_threshold = check_threshold(box_threshold, "box_threshold")
         text_threshold = check_threshold(text_threshold, "text_threshold")
         nms_iou = check_nms_iou(nms_iou)
+        same_phrase_nms_iou = check_nms_iou(same_phrase_nms_iou, "same_phrase_nms_iou")
         caption = normalize_caption(prompt)
 
         tick = time.perf_counter()
@@ -285,10 +310,13 @@ class GroundedSAM:
         timings["filter"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        keep = class_agnostic_nms(detections.boxes, detections.scores, nms_iou)
-        boxes = np.asarray(detections.boxes, np.float32)[keep].reshape(-1, 4)
-        scores = np.asarray(detections.scores, np.float32)[keep].reshape(-1)
-        phrases = [detections.phrases[i] for i in keep]
+        boxes = np.asarray(detections.boxes, np.float32).reshape(-1, 4)
+        scores = np.asarray(detections.scores, np.float32).reshape(-1)
+        phrases = list(detections.phrases)
+        kept = same_phrase_nms(boxes, scores, phrases, same_phrase_nms_iou)
+        boxes, scores, phrases = boxes[kept].reshape(-1, 4), scores[kept].reshape(-1), [phrases[i] for i in kept]
+        kept = class_agnostic_nms(boxes, scores, nms_iou)
+        boxes, scores, phrases = boxes[kept].reshape(-1, 4), scores[kept].reshape(-1), [phrases[i] for i in kept]
         timings["nms"] = time.perf_counter() - tick
 
         sam_masks = self._masks(loaded, key, boxes, multimask, timings, cache_hits) if masks else None
@@ -305,6 +333,7 @@ class GroundedSAM:
             original_size=loaded.original_size,
             prompt_phrases=split_phrases(caption),
             notes=list(loaded.notes),
+            phrase_scores=self.detector.phrase_scores(raw),
         )
 
     def _raw_detections(

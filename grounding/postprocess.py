@@ -107,6 +107,17 @@ def detections_from_logits(
     return detections_from_probs(probs, pred_boxes, tokens, image_size, box_threshold, text_threshold)
 
 
+def best_phrase_scores(probs: torch.Tensor, tokens: TokenizedCaption) -> list[float]:
+    """For each phrase of the caption, the best score of a query labelled with it ([Q, T] probs): the box
+    threshold under which that phrase would get its first box (0 when no query is labelled with it)."""
+    token_phrase = torch.as_tensor(tokens.token_phrase)  # [T], -1 for separators
+    probs = probs.float().cpu()
+    scores = probs.max(dim=-1).values  # [Q]
+    best_phrase = token_phrase[probs.masked_fill(token_phrase < 0, -1.0).argmax(dim=-1)]  # [Q]
+    best = torch.zeros(len(tokens.phrases)).scatter_reduce(0, best_phrase.clamp(min=0), scores, "amax")
+    return best.tolist()
+
+
 def merge_detections(parts: list[Detections]) -> Detections:
     """Concatenate detections (e.g. of several prompt chunks), highest score first."""
     parts = [part for part in parts if len(part)]

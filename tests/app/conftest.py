@@ -111,6 +111,18 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """`python app.py` with its defaults, offline, no real weights anywhere: it falls back to the shipped shapes
+    models (demo mode), as a newcomer without network access meets it."""
+    tmp = tmp_path_factory.mktemp("demo_server")
+    env = offline_env(tmp)
+    del env["GROUNDING_SHAPES_DIR"]
+    server = AppServer([], env, tmp / "server.log").wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def studio_url(servers: dict[str, AppServer]) -> str:
     return servers["tiny"].url
 

@@ -67,7 +67,7 @@ def test_status_is_empty_when_models_load(client):
 
 
 def test_encode_once_then_segment_runs_only_the_text_side(first_run):
-    status, (picture, legend, table, summary, timings) = first_run
+    status, (picture, _, table, summary, details) = first_run
     assert "320×240" in status and "image encoded" in status
     # The image encoders ran on upload (/encode); /segment found both in the cache.
     assert summary["model_calls"]["detector_image_encodes"] == 0
@@ -77,21 +77,21 @@ def test_encode_once_then_segment_runs_only_the_text_side(first_run):
 
 
 def test_segment_outputs(first_run):
-    _, (picture, legend, table, summary, timings) = first_run
+    _, (picture, status, table, summary, details) = first_run
     rendered = Image.open(picture)
-    assert rendered.size == (320, 240) and rendered.mode == "RGB"
+    assert rendered.size == (640, 480) and rendered.mode == "RGB"  # a small image is shown enlarged
     assert table["headers"] == ["#", "phrase", "score", "x1", "y1", "x2", "y2", "mask px"]
     detections = summary["detections"]
     assert len(table["data"]) == len(detections) > 0
-    assert f"<b>{len(detections)} objects</b>" in legend
+    assert f">{len(detections)} objects · " in status
     for row, item in zip(table["data"], detections):
         x1, y1, x2, y2 = item["box_xyxy"]
         assert 0 <= x1 <= x2 <= 320 and 0 <= y1 <= y2 <= 240
-        assert 0.35 < item["score"] <= 1 and item["phrase"] in PROMPT
+        assert 0.35 < item["score"] <= 1 and item["phrase"] in {"house", "tree", "sun"}
         assert 0 <= item["mask_area"] <= 320 * 240 and row[7] == item["mask_area"]
     assert summary["model"]["device"] == "cpu" and summary["model"]["deform_attn_backend"] == "pytorch"
     assert {"filter", "nms", "render", "server"} <= set(summary["timings_ms"])
-    assert "deformable attention `pytorch`" in timings and "device `cpu`" in timings
+    assert "deformable attention `pytorch`" in details and "device `cpu`" in details
 
 
 def test_slider_moves_refilter_from_cache_without_models(client, scene, first_run):
@@ -116,11 +116,50 @@ def test_export_zip_holds_masks_and_coco(client, scene, first_run):
         names = set(archive.namelist())
         coco = json.loads(archive.read("coco.json"))
         masks = sorted(n for n in names if n.startswith("masks/"))
-        assert {"coco.json", "detections.json", "annotated.png"} <= names
+        assert {"coco.json", "detections.json", "meta.json", "annotated.png"} <= names
         assert len(masks) == len(coco["annotations"]) == len(summary["detections"])
         first = np.array(Image.open(io.BytesIO(archive.read(masks[0])))) > 0
     assert np.array_equal(coco_rle_to_mask(coco["annotations"][0]["segmentation"]), first)
     assert coco["images"][0]["width"] == 320 and coco["images"][0]["height"] == 240
+
+
+def test_export_is_in_the_uploaded_images_own_frame(client, tmp_path):
+    """A 3000x2000 upload is worked on at 2048x1365; the zip has boxes and masks at 3000x2000 that match the shown
+    result scaled up, the original file name, and meta.json with what produced it; no server path anywhere."""
+    path = tmp_path / "big photo.png"
+    picture = Image.new("RGB", (3000, 2000), (120, 180, 250))
+    picture.paste((200, 90, 60), (300, 600, 1300, 1500))
+    picture.paste((30, 120, 40), (1800, 300, 2600, 1700))
+    picture.save(path, compress_level=1)
+    from gradio_client import handle_file
+
+    args = (handle_file(str(path)), PROMPT, 0.3, 0.25, 1.0, True)
+    *_, shown, _ = client.predict(*args, api_name="/segment")
+    assert shown["image_size"] == [2048, 1365] and shown["original_size"] == [3000, 2000] and shown["detections"]
+    scale = (3000 / 2048, 2000 / 1365)
+    with zipfile.ZipFile(client.predict(*args, api_name="/export")) as archive:
+        coco = json.loads(archive.read("coco.json"))
+        meta = json.loads(archive.read("meta.json"))
+        texts = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".json")]
+        masks = [np.array(Image.open(io.BytesIO(archive.read(n)))) > 0 for n in sorted(archive.namelist()) if n.startswith("masks/")]
+    assert coco["images"][0] == {"id": 1, "file_name": "big photo.png", "width": 3000, "height": 2000}
+    assert len(coco["annotations"]) == len(masks) == len(shown["detections"])
+    for annotation, mask, item in zip(coco["annotations"], masks, shown["detections"]):
+        assert mask.shape == (2000, 3000)
+        x, y, w, h = annotation["bbox"]
+        x1, y1, x2, y2 = item["box_xyxy"]
+        expected = [x1 * scale[0], y1 * scale[1], (x2 - x1) * scale[0], (y2 - y1) * scale[1]]
+        assert np.allclose([x, y, w, h], expected, atol=0.05), ([x, y, w, h], expected)
+        assert np.array_equal(coco_rle_to_mask(annotation["segmentation"]), mask)
+        assert annotation["area"] == int(mask.sum())
+        assert abs(mask.sum() - item["mask_area"] * scale[0] * scale[1]) <= 0.02 * mask.sum() + 3000 * 2
+    assert meta["prompt"] == PROMPT and meta["box_threshold"] == 0.3 and meta["text_threshold"] == 0.25
+    assert meta["models"]["detector"] == "tiny_dino.pth" and meta["models"]["sam"] == "SAM tiny"
+    assert meta["image"] == {"file_name": "big photo.png", "original_size": [3000, 2000],
+                             "working_size": [2048, 1365], "frame": "original"}
+    assert meta["precision"] == "float32" and meta["studio_version"]
+    for text in texts:
+        assert "/tmp" not in text and "/work" not in text and "/root" not in text, text[:200]
 
 
 def test_boxes_only_has_no_masks(client, scene, first_run):
@@ -249,7 +288,9 @@ def test_unusual_images_are_encoded_with_a_note(client, odd_images, name, size, 
     ],
 )
 def test_unusual_images_reach_the_models_with_the_right_pixels(client, odd_images, name, expected):
-    picture, *_ = call(client, "/segment", odd_images[name], box=1.0, use_sam=False)  # nothing drawn on top
+    picture, *_, summary, _ = call(client, "/segment", odd_images[name], box=1.0, use_sam=False)  # nothing drawn on top
     pixels = np.asarray(Image.open(picture).convert("RGB")).astype(int)
+    enlarge = pixels.shape[1] // summary["image_size"][0]  # small images are shown enlarged by an integer factor
     for (row, column), colour in expected.items():
-        assert np.abs(pixels[row, column] - colour).max() <= 12, (name, row, column, pixels[row, column])
+        shown = pixels[row * enlarge + enlarge // 2, column * enlarge + enlarge // 2]
+        assert np.abs(shown - colour).max() <= 12, (name, row, column, shown)

@@ -39,7 +39,7 @@ def browser():
 
 
 def object_count(page) -> int:
-    text = page.locator("#legend").inner_text()
+    text = page.locator("#status").inner_text()
     return int(re.search(r"(\d+) objects?", text).group(1))
 
 
@@ -67,27 +67,28 @@ def test_upload_prompt_run_slider_screenshot(browser, studio_url, tmp_path):
 
     page.locator("#prompt textarea").fill("house . tree . sky")
     page.locator("#run").click()
-    page.locator("#legend").get_by_text(re.compile(r"\d+ objects?")).wait_for()
+    page.locator("#status").get_by_text(re.compile(r"\d+ objects?")).wait_for()
     before = object_count(page)
     assert before > 1
     table_rows(page, before)
     assert re.search(r"house|tree|sky", page.locator("#detections [role=row]").nth(1).inner_text())
-    assert "cache hits" in page.locator("#timings").inner_text()
+    page.locator("#details-box").get_by_text("Details").click()  # the timings and cache hits are one click away
+    assert "computed" in page.locator("#details").inner_text()
 
     # NMS IoU slider to 0 with the keyboard: a user input event, served from the cache.
     slider = page.locator("#nms-iou input[type=range]")
     slider.focus()
     slider.press("Home")
     page.wait_for_function(
-        "n => { const m = document.querySelector('#legend').innerText.match(/(\\d+) objects?/);"
+        "n => { const m = document.querySelector('#status').innerText.match(/(\\d+) objects?/);"
         " return m && Number(m[1]) < n; }",
         arg=before,
     )
     after = object_count(page)
     assert 0 < after < before
     table_rows(page, after)
-    timings = page.locator("#timings").inner_text()
-    assert "raw detections ✓" in timings and "masks ✓" in timings
+    page.wait_for_function("() => document.querySelector('#details').innerText.includes('raw detections cached')")
+    assert "masks cached" in page.locator("#details").inner_text()
 
     result_src = page.locator("#result-image img").get_attribute("src")
     assert result_src and ("annotated" in result_src or result_src.startswith("data:"))
@@ -102,6 +103,7 @@ def test_page_without_weights_says_what_to_do(browser, servers):
     page.set_default_timeout(60_000)
     page.goto(servers["no_weights"].url)
     banner = page.locator("#weights-banner")
-    banner.get_by_text("Model weights are not available").wait_for()
-    assert "What to do" in banner.inner_text() and "--detector" in banner.inner_text()
+    banner.get_by_text("No model could be loaded").wait_for()
+    banner.locator("summary").click()
+    assert "How to load real models" in banner.inner_text() and "--detector" in banner.inner_text()
     page.close()

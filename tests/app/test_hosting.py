@@ -99,6 +99,10 @@ def probes(secret, gradio_dir, servers, tmp_path_factory) -> dict[str, str]:
         "relative_missing": "assets/examples/no_such_file.png",
         "symlink_out": str(link),
         "traversal": f"{gradio_dir}/{os.path.relpath(secret, gradio_dir)}",
+        # through a symlink that resolves back into the upload folder: must not tell how deep the cwd is
+        "proc_cwd": f"/proc/self/cwd/{os.path.relpath(link.parent, Path(__file__).resolve().parents[2])}/innocent.png",
+        "proc_other": "/proc/1/root/etc/hostname",  # a process the server may not look into
+        "long_name": "/" + "x" * 300 + "/image.png",
         "url": f"{servers['tiny'].url}gradio_api/file={secret}",
     }
 
@@ -135,7 +139,7 @@ def test_data_url_images_are_held_to_the_upload_limit_and_leave_nothing_on_disk(
     assert status == 200 and "the limit is 50 MB" in stream_error(body)
     # 60 MB of data: the body itself is refused (413) while it is received.
     status, body = http_call(studio_url, "segment", _arguments("segment", {"url": "data:image/png;base64," + "A" * (80 << 20)}))
-    assert status == 413 and "upload images as files" in body
+    assert status == 413 and "Request body larger than" in body
     # 45 MB of bytes that are no image: refused as such.
     status, body = http_call(studio_url, "segment", _arguments("segment", {"url": "data:image/png;base64," + "A" * (60 << 20)}))
     assert status == 200 and "not an image" in stream_error(body)
@@ -146,6 +150,10 @@ def test_data_url_images_are_held_to_the_upload_limit_and_leave_nothing_on_disk(
 def test_malformed_calls_are_answered_with_what_was_wrong(studio_url):
     cases = {
         "too few inputs": ([None, PROMPT], "takes 7 inputs"),
+        "too many inputs": ([None, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", "extra"], "the call sent 8"),
+        "use_sam as text": ([None, PROMPT, 0.3, 0.25, 1.0, "false", "tiny_dino.pth"], "use_sam"),
+        "prompt as a list": ([None, ["house"], 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "prompt must be text"),
+        "model as a list": ([None, PROMPT, 0.3, 0.25, 1.0, True, ["tiny_dino.pth"]], "model must be a model name"),
         "image as a string": (["/etc/passwd", PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "Input 1 of /segment (Image)"),
         "image as a number": ([12, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "Input 1 of /segment (Image)"),
         "unknown model": ([None, PROMPT, 0.3, 0.25, 1.0, True, "nope"], "not in the list of choices"),
@@ -154,6 +162,20 @@ def test_malformed_calls_are_answered_with_what_was_wrong(studio_url):
         status, body = http_call(studio_url, "segment", data)
         error = stream_error(body)
         assert status == 200 and error and words in error, (name, body)
+
+
+def test_request_bodies_that_cost_more_than_their_size_are_refused(studio_url, servers):
+    pid = servers["tiny"].process.pid
+    before = _rss_kb(pid, "VmRSS")
+    flood = b'{"data": [[' + b"{}," * (3 << 20) + b'{}]]}'  # 9 MB of empty objects: ~600 MB to parse
+    response = httpx.post(f"{studio_url}gradio_api/call/status", content=flood,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and "values" in response.text
+    assert (_rss_kb(pid, "VmRSS") - before) / 1024 < 200
+    # An upload request carries one image: a 70 MB form field is refused while it is received.
+    response = httpx.post(f"{studio_url}gradio_api/upload", files={"files": ("a.png", b"x")},
+                          data={"junk": "A" * (70 << 20)}, timeout=60)
+    assert response.status_code == 413
 
 
 # ---- 2. no server path reaches a client ------------------------------------------------------------------
@@ -201,10 +223,10 @@ def test_page_loads_do_not_rerun_failed_loads(servers):
     before = attempts()
     assert before == 1  # at start-up
     for _ in range(5):
-        assert "Model weights are not available" in Client(server.url, verbose=False).predict(api_name="/status")
+        assert "No model could be loaded" in Client(server.url, verbose=False).predict(api_name="/status")
     assert attempts() == before
     client = Client(server.url, verbose=False)
-    assert "Model weights are not available" in client.predict(api_name="/retry")  # on purpose: one more try
+    assert "No model could be loaded" in client.predict(api_name="/retry")  # on purpose: one more try
     assert attempts() == before + 1
     client.predict(api_name="/retry")  # again at once: refused by the retry interval
     assert attempts() == before + 1

@@ -8,10 +8,11 @@ from PIL import Image
 
 from app.images import ImageLoader
 from app.models import PipelineRegistry, resolve_sam
-from app.rendering import blend_masks, legend_html, phrase_colours, render, table_rows
+from app.rendering import alt_text, phrase_colours, render, status_html, table_rows
 from app.settings import parse_settings
 from app.studio import OutputFiles
 from grounding.errors import InvalidImageError, WeightsUnavailableError
+from grounding.drawing import blend_masks
 from grounding.pipeline import GroundedResult
 
 
@@ -69,7 +70,7 @@ def _result(masks: np.ndarray | None) -> GroundedResult:
     return GroundedResult(
         boxes=np.array([[0, 0, 20, 20], [5, 5, 10, 10]], np.float32), scores=np.array([0.9, 0.5], np.float32),
         phrases=["dog", "cat"], masks=masks, image_size=(20, 20), original_size=(20, 20),
-        prompt_phrases=["cat", "dog", "bird"],
+        prompt_phrases=["cat", "dog", "bird"], phrase_scores={"cat": 0.5, "dog": 0.9, "bird": 0.21},
     )
 
 
@@ -83,20 +84,42 @@ def test_blend_puts_the_smallest_mask_on_top_in_its_colour():
     assert np.array_equal(blend_masks(pixels, masks[:0], np.zeros((0, 3), np.uint8)), pixels)
 
 
-def test_colours_follow_the_prompt_order_in_picture_and_legend():
+def test_colours_follow_the_prompt_order_in_picture_and_status():
     masks = np.zeros((2, 20, 20), bool)
     masks[1, 12:18, 12:18] = True  # only "cat" has mask pixels
     colours = phrase_colours(_result(masks))
     palette = sv.ColorPalette.DEFAULT
     assert colours == {"cat": palette.by_idx(0).as_hex(), "dog": palette.by_idx(1).as_hex(),
                        "bird": palette.by_idx(2).as_hex()}
-    legend = legend_html(_result(masks))
-    assert "<b>2 objects</b>" in legend and "bird <b>×0</b>" in legend and colours["cat"] in legend
+    status = status_html(_result(masks), 0.36, box_threshold=0.35)
+    assert "2 objects · 0.36 s" in status and "bird <b>×0</b>" in status and colours["cat"] in status
+    assert "no box for &#x27;bird&#x27; (best score 0.21 — lower the box threshold to see it)" in status
+    assert alt_text(_result(masks)) == "2 objects: cat ×1, dog ×1, bird ×0"
     picture = render(np.zeros((20, 20, 3), np.uint8), _result(masks))
+    assert picture.shape == (640, 640, 3)  # a small image is shown enlarged (x32)
     cat_rgb = np.array(palette.by_idx(0).as_rgb())
-    assert np.abs(picture[15, 15].astype(int) - (cat_rgb * 0.45).astype(int)).max() <= 2
-    assert table_rows(_result(masks))[1][1:3] == ["cat", 0.5] and table_rows(_result(masks))[1][7] == 36
+    assert np.abs(picture[15 * 32 + 16, 15 * 32 + 16].astype(int) - (cat_rgb * 0.45).astype(int)).max() <= 2
+    rows = table_rows(_result(masks))
+    assert rows[0][0] == 1 and rows[1][:3] == [2, "cat", 0.5] and rows[1][7] == 36  # numbered from 1
     assert table_rows(_result(None))[0][7] == ""
+
+
+def test_the_best_label_is_drawn_last():
+    from grounding.drawing import annotate
+
+    result = GroundedResult(  # two boxes on the same spot: the stronger one's label must be the one visible
+        boxes=np.array([[10, 30, 60, 60], [10, 30, 60, 60]], np.float32), scores=np.array([0.9, 0.4], np.float32),
+        phrases=["dog", "cat"], image_size=(80, 80), original_size=(80, 80), prompt_phrases=["cat", "dog"],
+    )
+    picture = annotate(np.full((80, 80, 3), 255, np.uint8), result)
+    flipped = annotate(np.full((80, 80, 3), 255, np.uint8), GroundedResult(
+        boxes=result.boxes, scores=result.scores[::-1].copy(), phrases=result.phrases, image_size=(80, 80),
+        original_size=(80, 80), prompt_phrases=["cat", "dog"]))
+    dog, cat = (np.array(sv.ColorPalette.DEFAULT.by_idx(i).as_rgb()) for i in (1, 0))
+    label_row = picture[25]  # the label box sits above the box's top edge
+    assert (np.abs(label_row.astype(int) - dog).sum(axis=1) < 30).sum() > (np.abs(label_row.astype(int) - cat).sum(axis=1) < 30).sum()
+    flipped_row = flipped[25]
+    assert (np.abs(flipped_row.astype(int) - cat).sum(axis=1) < 30).sum() > (np.abs(flipped_row.astype(int) - dog).sum(axis=1) < 30).sum()
 
 
 def test_output_files_are_bounded(tmp_path):
@@ -141,10 +164,13 @@ def test_janitor_deletes_old_files_then_the_oldest_beyond_the_size_bound(tmp_pat
     recent = [write(f"new{index}", 400) for index in range(5)]
     janitor = DiskJanitor(tmp_path, max_bytes=1000, max_age_s=1.0, keep=lambda: {str(example)}, grace_s=0)
     sweep = janitor.sweep()
-    assert not old.exists() and not old.parent.exists()  # unused for too long; its empty folder gone too
+    assert not old.exists()  # unused for too long
     assert example.exists()  # kept on purpose (the page's example), old as it is
     assert [path.exists() for path in recent] == [False, False, False, True, True]  # the oldest went first
     assert sweep.deleted_files == 4 and sweep.kept_bytes == 810
+    time.sleep(0.05)
+    janitor.sweep()
+    assert not old.parent.exists()  # an emptied folder goes at the next sweep (Gradio may be about to write into it)
     # A file read again (the image loader touches an upload it reads) counts as used now.
     ImageLoader()._key(str(recent[3]))
     time.sleep(0.3)

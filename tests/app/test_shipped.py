@@ -62,13 +62,13 @@ def test_studio_offers_the_bundle_and_falls_back_to_it(bundle, offline, monkeypa
     assert registry.names == ["swint_ogc", SHAPES_NAME] and registry.default_name == "swint_ogc"
     banner = Studio(registry).banner()  # tries every model
     assert registry.default_name == SHAPES_NAME
-    assert "Model weights are not available" in banner and "uses **shapes** instead" in banner
-    assert "Grounding DINO (swint_ogc)" in banner and "coloured circles" in banner
+    assert banner.startswith("**Demo mode** — real weights not found: using the small **shapes** model")
+    assert "Grounding DINO (swint_ogc)" in banner and "coloured shapes only" in banner
 
     demo = build_demo(registry, Studio(registry))
     menus = [block for block in demo.blocks.values() if isinstance(block, gr.Dropdown) and block.label == "Detector"]
     assert len(menus) == 1 and menus[0].value == SHAPES_NAME and menus[0].visible
-    assert menus[0].choices == [("swint_ogc", "swint_ogc"), (SHAPES_NAME, SHAPES_NAME)]
+    assert menus[0].choices == [("swint_ogc — weights missing", "swint_ogc"), (SHAPES_NAME, SHAPES_NAME)]
 
 
 def test_no_bundle_no_menu_entry(offline, monkeypatch, tmp_path):
@@ -100,8 +100,8 @@ def test_only_an_extra_model_failing_gives_a_mild_note(bundle, offline, monkeypa
     registry = PipelineRegistry({"main": lambda: load_shapes_pipeline("cpu", directory=bundle), SHAPES_NAME: fails})
     banner = Studio(registry).banner()
     assert registry.default_name == "main"
-    assert "could not be loaded" in banner and "bundle incomplete" in banner
-    assert "Model weights are not available" not in banner
+    assert banner.startswith("ℹ️ shapes: weights missing; **main** is in use.") and "bundle incomplete" in banner
+    assert "Demo mode" not in banner and "No model could be loaded" not in banner
 
 
 def test_write_bundle_stores_fp16_once_per_tied_tensor(bundle, tmp_path, monkeypatch):

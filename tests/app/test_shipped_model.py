@@ -15,7 +15,6 @@ from grounding.shipped import (
 )
 from grounding.train.sam_trainer import mask_iou as masks_iou
 from grounding.train.shapes import COLOURS, SHAPES, ShapeInstance, ShapesConfig, category_names, render_scene
-from tests.app.conftest import AppServer, offline_env
 
 TEST_SEED = 2000  # training used seed 0, the held-out scenes seed 1000
 SCENE_SIZE = (256, 256)  # the size the demo models were trained on
@@ -103,22 +102,27 @@ def test_absent_phrases_find_nothing(pipeline, red_circle_scenes):
     assert checked >= 3
 
 
-@pytest.fixture(scope="module")
-def offline_studio(tmp_path_factory) -> AppServer:
-    """`python app.py` with its defaults, offline, no real weights anywhere: it must fall back to the bundle."""
-    tmp = tmp_path_factory.mktemp("shipped_server")
-    env = offline_env(tmp)
-    del env["GROUNDING_SHAPES_DIR"]
-    server = AppServer([], env, tmp / "server.log").wait_ready()
-    yield server
-    server.stop()
+def test_one_object_found_twice_under_one_phrase_is_one_box(pipeline):
+    """The shapes example gave two "yellow square" boxes (0.70 and 0.46) on one square, at IoU 0.98."""
+    from app.examples import EXAMPLES_DIR
+
+    image, prompt = EXAMPLES_DIR / "shapes_scene_1.png", "red circle . yellow square . blue star"
+    both = pipeline.detect(image, prompt, same_phrase_nms_iou=None)
+    assert both.phrases.count("yellow square") == 2
+    result = pipeline.detect(image, prompt)
+    assert result.phrases.count("yellow square") == 1 and result.phrases.count("red circle") == 1
+    assert result.scores[result.phrases.index("yellow square")] == max(
+        score for phrase, score in zip(both.phrases, both.scores) if phrase == "yellow square")
+    # "blue star" is not in the scene: its best score says how low the box threshold would have to go.
+    assert "blue star" not in result.phrases and 0 < result.phrase_scores["blue star"] < 0.35
+    assert result.phrase_scores["red circle"] == pytest.approx(float(max(result.scores)))
 
 
-def test_offline_studio_falls_back_to_the_shipped_models(offline_studio, red_circle_scenes, tmp_path):
+def test_offline_studio_falls_back_to_the_shipped_models(demo_server, red_circle_scenes, tmp_path):
     from gradio_client import Client, handle_file
 
-    client = Client(offline_studio.url, verbose=False)
-    assert "uses **shapes** instead" in client.predict(api_name="/status")
+    client = Client(demo_server.url, verbose=False)
+    assert "**Demo mode**" in client.predict(api_name="/status")
     image, circle, present = red_circle_scenes[0]
     path = tmp_path / "scene.png"
     image.save(path)

@@ -10,8 +10,8 @@ import pytest
 import supervision as sv
 from PIL import Image
 
+from grounding.drawing import annotate
 from grounding.export import (
-    annotate,
     class_names,
     coco_dataset,
     coco_rle_to_mask,
@@ -114,3 +114,23 @@ def test_bundle_and_annotate(result, tmp_path):
         coco = json.loads(archive.read("coco.json"))
         np.testing.assert_array_equal(coco_rle_to_mask(coco["annotations"][1]["segmentation"]), result.masks[1])
         assert np.asarray(Image.open(io.BytesIO(archive.read("annotated.png")))).shape == (60, 90, 3)
+        assert json.loads(archive.read("meta.json"))["image"]["original_size"] == [90, 60]
+
+
+def test_bundle_is_in_the_original_frame(result, tmp_path):
+    """A result worked on at 90x60 for a 270x180 original: boxes x3, masks resized so that each original pixel
+    takes the working mask's value at its centre."""
+    from dataclasses import replace
+
+    scaled = replace(result, original_size=(270, 180))
+    path = write_bundle(scaled, tmp_path / "big.zip", "photo.jpg", meta={"prompt": "cat . dog"})
+    with zipfile.ZipFile(path) as archive:
+        coco = json.loads(archive.read("coco.json"))
+        meta = json.loads(archive.read("meta.json"))
+        first = np.asarray(Image.open(io.BytesIO(archive.read("masks/000_dog.png")))) == 255
+    assert coco["images"][0] == {"id": 1, "file_name": "photo.jpg", "width": 270, "height": 180}
+    assert coco["annotations"][0]["bbox"] == [15.0, 30.0, 90.0, 60.0]  # [5, 10, 35, 30] x 3
+    np.testing.assert_array_equal(first, result.masks[0].repeat(3, axis=0).repeat(3, axis=1))
+    assert coco["annotations"][0]["area"] == 9 * int(result.masks[0].sum())
+    np.testing.assert_array_equal(coco_rle_to_mask(coco["annotations"][0]["segmentation"]), first)
+    assert meta["prompt"] == "cat . dog" and meta["image"]["working_size"] == [90, 60]

@@ -8,6 +8,7 @@ import torch
 
 from grounding.errors import InvalidThresholdError
 from grounding.postprocess import (
+    best_phrase_scores,
     boxes_to_pixels,
     check_threshold,
     detections_from_logits,
@@ -28,6 +29,23 @@ def logits_for(tokens, winners: list[dict[int, float]], width: int = 256) -> tor
         for index, value in wins.items():
             logits[query, index] = value
     return logits
+
+
+def test_best_phrase_scores_say_where_each_phrase_would_get_a_box(tokenizer):
+    (tokens,) = tokenize_caption("a cat . a remote control . dog", tokenizer)
+    # [CLS] a cat . a remote control . dog [SEP]: cat=2, remote=5, dog=8; no query is labelled "dog"
+    logits = logits_for(tokens, [{5: HIGH, 6: 2.0}, {2: 1.0}, {2: -1.0}, {3: 2.5}])  # query 3: "." then cat
+    probs = logits[:, : len(tokens)].sigmoid()
+    scores = best_phrase_scores(probs, tokens)
+    cat = max(torch.sigmoid(torch.tensor(1.0)).item(), torch.sigmoid(torch.tensor(2.5)).item())
+    assert scores == pytest.approx([cat, torch.sigmoid(torch.tensor(HIGH)).item(), 0.0], rel=1e-6)
+    # Labels: query 3 passes on "." alone, so its label is its best phrase whole ("a cat").
+    for box_threshold, expected in ((0.93, ["remote control"]), (0.9, ["remote control", "a cat"]),
+                                    (0.5, ["remote control", "a cat", "cat"])):
+        boxed = detections_from_probs(probs, torch.rand(4, 4), tokens, (100, 100), box_threshold, 0.25).phrases
+        assert boxed == expected
+        # A phrase gets a box exactly when its best score is above the box threshold.
+        assert [score > box_threshold for score in scores] == [len(expected) > 1, True, False]
 
 
 def test_remote_control_tokens_win(tokenizer):
