@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     # Load now (ZeroGPU wants models on the device at start); failures are shown in the page instead (and in
     # the log, whole, by the registry).
     registry.load_all()
+    if registry.segmenters is not None:
+        registry.segmenters.load_all()
     studio = Studio(registry, max_prompt_tokens=settings.max_prompt_tokens, limits=settings.limits)
     launch(build_demo(registry, studio), settings)
 

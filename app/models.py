@@ -1,6 +1,6 @@
 """Which pipelines the studio offers, and loading them once, on demand, from the command-line settings.
 
-A `PipelineRegistry` maps a display name (what the model dropdown shows) to a factory. Each pipeline is
+A `ModelRegistry` maps a display name (what the model dropdown shows) to a factory. Each pipeline is
 built at most once. A factory that fails (weights missing, a hub download that times out, a checkpoint of
 the wrong shape) is tried again only on purpose: once `retry_after_s` has passed, or when someone presses
 the page's Retry button (`retry`, itself at most once per `MIN_RETRY_INTERVAL_S`). Until then its error is
@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -22,7 +21,8 @@ from grounding.cache import PipelineCaches
 from grounding.checkpoint import display_name
 from grounding.errors import GroundingError, WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
-from grounding.sam import SAM_VARIANTS, SamSegmenter
+from grounding.segmenters import load_segmenter
+from grounding.segmenters.sam import default_sam_variant
 from grounding.shipped import SHAPES_NAME, load_shapes_pipeline, shapes_available
 
 PipelineFactory = Callable[[], GroundedSAM]
@@ -30,8 +30,9 @@ MIN_RETRY_INTERVAL_S = 30.0  # explicit retries (the page's button) are public: 
 log = logging.getLogger(__name__)
 
 
-class PipelineRegistry:
-    """Display name -> lazily built `GroundedSAM`; thread-safe, each built once, failures retried on purpose."""
+class ModelRegistry:
+    """Display name -> lazily built model (a `GroundedSAM` pipeline, or a segmenter); thread-safe, each built once,
+    failures retried on purpose."""
 
     def __init__(
         self,
@@ -39,11 +40,14 @@ class PipelineRegistry:
         sam_enabled: bool = True,
         retry_after_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        segmenters: "ModelRegistry | None" = None,
     ) -> None:
+        """`segmenters`: the segmenter choices (name -> segmenter) beside these pipelines, if more may be offered."""
         if not factories:
             raise ValueError("the studio needs at least one pipeline factory")
         self.factories = dict(factories)
         self.sam_enabled = sam_enabled
+        self.segmenters = segmenters
         self.retry_after_s = retry_after_s
         self.clock = clock
         self.load_attempts = 0  # factory calls, successful or not
@@ -120,54 +124,28 @@ class PipelineRegistry:
         return dict(self._pipelines)
 
 
-def resolve_sam(sam: str | None, sam_checkpoint: str | None) -> tuple[str | None, str | None]:
-    """(variant for `GroundedSAM.from_names`, checkpoint path) from the --sam / --sam-checkpoint flags.
-
-    --sam may be a variant name, "none", or a checkpoint file, whose variant is read from its image
-    encoder width (`image_encoder.patch_embed.proj.weight` is [width, 3, 16, 16]).
-    """
-    if sam is not None and sam.lower() == "none":
-        return None, None
-    if sam is None or sam in SAM_VARIANTS or sam == "auto":
-        return sam or "auto", sam_checkpoint
-    path = Path(sam).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"--sam {sam!r} is neither a SAM variant ({', '.join(SAM_VARIANTS)}) nor an existing checkpoint file."
-        )
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        width = int(state_dict["image_encoder.patch_embed.proj.weight"].shape[0])
-    except Exception as error:  # not a torch file, or not a SAM state dict
-        raise WeightsUnavailableError(f"{path} is not an official-format SAM checkpoint ({error}).") from error
-    variants = [name for name, variant in SAM_VARIANTS.items() if variant.encoder_embed_dim == width]
-    if not variants:
-        raise WeightsUnavailableError(f"{path} has an image encoder of width {width}, which no SAM variant has.")
-    return variants[0], str(path)
+def segmenter_display_name(spec: str, device: torch.device) -> str:
+    """Menu label of a --sam value: "auto" as the variant it picks on `device`, a file or folder by its name."""
+    return default_sam_variant(device) if spec == "auto" else display_name(spec)
 
 
-def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
-    """One pipeline per --detector; they share one SAM, the device, one set of caches and one run lock (one
-    model call at a time on the device)."""
+def registry_from_settings(settings: StudioSettings) -> ModelRegistry:
+    """One pipeline per --detector and one segmenter per --sam; they share the device, one set of caches and one
+    run lock (one model call at a time on the device). Each pipeline starts with the first segmenter that loads;
+    `registry.segmenters` offers the others."""
     from grounding.detector import GroundingDetector
 
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     caches = PipelineCaches()
     run_lock = threading.Lock()
-    segmenter_lock = threading.Lock()
-    segmenters: list[SamSegmenter | None] = []  # filled once, on the first successful load
-
-    def segmenter() -> SamSegmenter | None:
-        with segmenter_lock:
-            if not segmenters:
-                variant, checkpoint = resolve_sam(settings.sam, settings.sam_checkpoint)
-                segmenters.append(
-                    None if variant is None
-                    else SamSegmenter.from_pretrained(
-                        None if variant == "auto" else variant, checkpoint=checkpoint, device=device
-                    )
-                )
-            return segmenters[0]
+    segmenters = None
+    if settings.sam_enabled:
+        specs = settings.segmenters or ("auto",)
+        segmenters = ModelRegistry(
+            {segmenter_display_name(spec, device): (lambda spec=spec: load_segmenter(spec, settings.sam_checkpoint, device))
+             for spec in specs},
+            retry_after_s=settings.limits.load_retry_s,
+        )
 
     def factory(spec: str) -> PipelineFactory:
         if spec == SHAPES_NAME:  # the shipped demo bundle brings its own SAM
@@ -181,7 +159,7 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
             except GroundingError as error:
                 problems.append(f"Grounding DINO ({spec}): {error}")
             try:
-                sam = segmenter()
+                sam = segmenters.get(None) if segmenters is not None else None
             except GroundingError as error:
                 problems.append(f"SAM: {error} (or start with `--sam none` for boxes only)")
             if problems:
@@ -193,8 +171,9 @@ def registry_from_settings(settings: StudioSettings) -> PipelineRegistry:
     specs = list(settings.detectors)
     if SHAPES_NAME not in {display_name(spec) for spec in specs} and shapes_available():
         specs.append(SHAPES_NAME)  # offered always, and the fallback when the real weights cannot be had
-    return PipelineRegistry(
+    return ModelRegistry(
         {display_name(spec): factory(spec) for spec in specs},
         sam_enabled=settings.sam_enabled,
         retry_after_s=settings.limits.load_retry_s,
+        segmenters=segmenters,
     )

@@ -42,14 +42,16 @@ class StudioSettings:
     share: bool = False
     device: str | None = None  # None: cuda if available, else cpu
     detectors: tuple[str, ...] = ("swint_ogc",)  # names or checkpoint paths; >1 gives a model dropdown
-    sam: str | None = None  # "vit_b" | "vit_l" | "vit_h" | a checkpoint path | "none"; None: by device
-    sam_checkpoint: str | None = None  # local SAM weights for the chosen variant
+    # segmenter names (grounding.segmenters.SEGMENTER_NAMES), SAM .pth files or SAM 2 / SAM-HQ folders; >1 gives a
+    # segmenter dropdown; () = "auto" (vit_h on a GPU, vit_b on a CPU); ("none",) = boxes only
+    segmenters: tuple[str, ...] = ()
+    sam_checkpoint: str | None = None  # local SAM weights for a SAM variant
     max_prompt_tokens: int = 1024  # longer prompts are refused with a message (batch CLI has no limit)
     limits: HostingLimits = HostingLimits()
 
     @property
     def sam_enabled(self) -> bool:
-        return (self.sam or "").lower() != "none"
+        return "none" not in {name.lower() for name in self.segmenters}
 
 
 def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> StudioSettings:
@@ -70,8 +72,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
                         help="Grounding DINO: swint_ogc | swinb_cogcoor | IDEA-Research/grounding-dino-tiny | "
                              "IDEA-Research/grounding-dino-base | a local .pth/.safetensors/dir. Repeat (or comma-"
                              "separate) to offer a choice in the page (env GROUNDING_DETECTOR)")
-    parser.add_argument("--sam", default=env.get("GROUNDING_SAM") or None,
-                        help="SAM variant vit_b | vit_l | vit_h, a checkpoint path, or 'none' for boxes only "
+    parser.add_argument("--sam", action="append", default=None,
+                        help="segmenter: vit_b | vit_l | vit_h (SAM) | sam2.1_hiera_tiny | _small | _base_plus | _large "
+                             "(SAM 2.1) | sam_hq_vit_b | _l | _h (SAM-HQ), a SAM .pth file, a SAM 2 / SAM-HQ folder, "
+                             "or 'none' for boxes only. Repeat (or comma-separate) to offer a choice in the page "
                              "(env GROUNDING_SAM; default vit_h on GPU, vit_b on CPU)")
     parser.add_argument("--sam-checkpoint", default=env.get("SAM_CHECKPOINT") or None,
                         help="local SAM weights file for the variant (env SAM_CHECKPOINT)")
@@ -109,13 +113,15 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
     detectors = tuple(name.strip() for spec in detector_specs for name in spec.split(",") if name.strip())
     if not detectors:
         parser.error("--detector needs at least one name or path")
+    sam_specs = args.sam or ([env["GROUNDING_SAM"]] if env.get("GROUNDING_SAM") else [])
+    segmenters = tuple(name.strip() for spec in sam_specs for name in spec.split(",") if name.strip())
     return StudioSettings(
         host=args.host,
         port=args.port,
         share=args.share,
         device=args.device,
         detectors=detectors,
-        sam=args.sam,
+        segmenters=segmenters,
         sam_checkpoint=args.sam_checkpoint,
         max_prompt_tokens=args.max_prompt_tokens,
         limits=limits,

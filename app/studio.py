@@ -32,7 +32,7 @@ import grounding
 from app.examples import demo_example_rows
 from app.images import ImageLoader, studio_image_limits
 from app.messages import redact_paths
-from app.models import PipelineRegistry
+from app.models import ModelRegistry
 from app.rendering import (
     TABLE_HEADERS, details_markdown, mask_areas, render, result_summary, status_html, table_rows,
 )
@@ -118,6 +118,7 @@ class StudioRequest:
     nms_iou: float
     use_sam: bool
     model: str | None
+    segmenter: str | None = None  # None: the pipeline's own
 
     def __post_init__(self) -> None:
         """Kinds only (the pipeline checks values): an API call can send anything in any position."""
@@ -125,8 +126,10 @@ class StudioRequest:
             raise InvalidPromptError(f"The prompt must be text, got {type(self.prompt).__name__}.")
         if not isinstance(self.use_sam, bool):
             raise InvalidOptionError(f"use_sam (masks on/off) must be true or false, got {self.use_sam!r}.")
-        if self.model is not None and not isinstance(self.model, str):
-            raise InvalidOptionError(f"model must be a model name (text) or null, got {type(self.model).__name__}.")
+        for option in ("model", "segmenter"):
+            value = getattr(self, option)
+            if value is not None and not isinstance(value, str):
+                raise InvalidOptionError(f"{option} must be a model name (text) or null, got {type(value).__name__}.")
 
     @property
     def complete(self) -> bool:
@@ -135,11 +138,11 @@ class StudioRequest:
 
 
 class Studio:
-    """Event functions over a `PipelineRegistry`. Thread-safe: Gradio calls them from its worker threads."""
+    """Event functions over a `ModelRegistry`. Thread-safe: Gradio calls them from its worker threads."""
 
     def __init__(
         self,
-        registry: PipelineRegistry,
+        registry: ModelRegistry,
         images: ImageLoader | None = None,
         outputs: OutputFiles | None = None,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
@@ -155,7 +158,7 @@ class Studio:
     def banner(self) -> str:
         """Top-of-page notice (markdown): empty when every model loads, else one line on what the page runs
         with, and a collapsed "How to load real models" with a short reason per model and the commands.
-        Failed loads are not retried here (see `PipelineRegistry`): a page load costs nothing."""
+        Failed loads are not retried here (see `ModelRegistry`): a page load costs nothing."""
         self.registry.load_all()
         problems = self.registry.failures()
         if not problems:
@@ -180,6 +183,27 @@ class Studio:
         failures = self.registry.failures()
         return [(f"{name} — weights missing" if name in failures else name, name) for name in self.registry.names]
 
+    def segmenter_choices(self) -> list[tuple[str, str]]:
+        """(label, name) per segmenter of the menu; one that cannot load says so."""
+        segmenters = self.registry.segmenters
+        if segmenters is None:
+            return []
+        failures = segmenters.failures()
+        return [(f"{name} — weights missing" if name in failures else name, name) for name in segmenters.names]
+
+    def choose_segmenter(self, segmenter: str | None) -> str | None:
+        """The menu's segmenter if it loads; otherwise one short warning and the working one stays selected."""
+        segmenters = self.registry.segmenters
+        if segmenters is None or segmenter is None:
+            return segmenter
+        try:
+            segmenters.get(segmenter)
+            return segmenter
+        except GroundingError:
+            working = segmenters.default_name
+            gr.Warning(f"{segmenter}: weights missing (see the server log); keeping {working}.")
+            return working
+
     def choose_model(self, model: str | None) -> str:
         """The menu's choice if it loads; otherwise one short warning and the model in use stays selected."""
         try:
@@ -199,13 +223,13 @@ class Studio:
 
     # ---- events ------------------------------------------------------------------------------------
     @user_errors
-    def encode(self, image: ImageInput, model: str | None, use_sam: bool) -> str:
+    def encode(self, image: ImageInput, model: str | None, use_sam: bool, segmenter: str | None = None) -> str:
         """Decode and check a new image and run the image encoders (detector, and SAM when masks are on)
         into the cache, so the first prompt on it only runs the text side. Returns a status line."""
-        StudioRequest(image, None, 0.0, 0.0, 1.0, use_sam, model)  # the kinds of the options
+        request = StudioRequest(image, None, 0.0, 0.0, 1.0, use_sam, model, segmenter)  # the kinds of the options
         start = time.perf_counter()
         loaded = self.images(image)
-        pipeline = self.registry.get(model)
+        pipeline = self._pipeline(request)
         hits = warm_image_caches(pipeline, loaded, with_sam=use_sam and pipeline.segmenter is not None)
         elapsed = time.perf_counter() - start
         width, height = loaded.size
@@ -223,9 +247,12 @@ class Studio:
         nms_iou: float,
         use_sam: bool,
         model: str | None,
+        segmenter: str | None = None,
     ) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
         """The full request: (picture path, status HTML, table, JSON summary, details markdown)."""
-        return self._result(StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model))
+        return self._result(
+            StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        )
 
     @user_errors
     def refilter(
@@ -237,9 +264,10 @@ class Studio:
         nms_iou: float,
         use_sam: bool,
         model: str | None,
+        segmenter: str | None = None,
     ) -> tuple[Any, ...]:
         """`segment` for slider moves: with no image or no prompt yet there is nothing to update (no error)."""
-        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
         if not request.complete:
             return tuple(gr.skip() for _ in range(5))
         return self._result(request)
@@ -254,11 +282,12 @@ class Studio:
         nms_iou: float,
         use_sam: bool,
         model: str | None,
+        segmenter: str | None = None,
     ) -> str:
         """Zip of what the inputs show, in the uploaded image's own frame: `masks/NNN_phrase.png`, `coco.json`,
         `detections.json`, `meta.json` (prompt, thresholds, models, sizes) and `annotated.png`."""
-        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
-        pipeline = self.registry.get(model)
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline = self._pipeline(request)
         result, _ = self._run(pipeline, request)
         name = Path(image).name if isinstance(image, str) else "image.png"
         path = self.outputs.new_path(".zip", stem=f"{Path(name).stem}_grounded_sam")
@@ -285,7 +314,7 @@ class Studio:
         if not request.complete:
             return gr.skip(), gr.skip()
         start = time.perf_counter()
-        result, _ = self._run(self.registry.get(request.model), request)
+        result, _ = self._run(self._pipeline(request), request)
         picture = self._picture(request.image, result, mask_areas(result))
         return picture, status_html(result, time.perf_counter() - start, request.box_threshold)
 
@@ -297,15 +326,19 @@ class Studio:
         return self._result(request) if request.complete else self.cleared()
 
     def page_state(self) -> tuple[Any, ...]:
-        """The page as it opens: (model menu, Retry button, photo examples, image, prompt, box, text threshold).
-        In demo mode it opens on the first shapes example, whose result the next event computes."""
+        """The page as it opens: (model menu, segmenter menu, Retry button, photo examples, image, prompt, box,
+        text threshold). In demo mode it opens on the first shapes example, whose result the next event computes."""
         menu = gr.update(choices=self.model_choices(), value=self.registry.default_name)
+        segmenters = self.registry.segmenters
+        segmenter_menu = gr.skip()
+        if segmenters is not None:
+            segmenter_menu = gr.update(choices=self.segmenter_choices(), value=segmenters.default_name)
         retry = gr.update(visible=bool(self.registry.failures()))
         photos = gr.update(visible=not self.demo_mode())
         if not self.demo_mode():
-            return menu, retry, photos, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return menu, segmenter_menu, retry, photos, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         image, prompt, box, text = demo_example_rows()[0]
-        return menu, retry, photos, image, prompt, box, text
+        return menu, segmenter_menu, retry, photos, image, prompt, box, text
 
     @staticmethod
     def cleared() -> tuple[Any, ...]:
@@ -316,7 +349,7 @@ class Studio:
     def _result(self, request: StudioRequest) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
         """(picture path, status HTML, table, JSON summary, details markdown) of `request`."""
         start = time.perf_counter()
-        pipeline = self.registry.get(request.model)
+        pipeline = self._pipeline(request)
         result, calls = self._run(pipeline, request)
         tick = time.perf_counter()
         areas = mask_areas(result)
@@ -369,6 +402,19 @@ class Studio:
                 f"interactive. Shorten it, start the studio with --max-prompt-tokens {count}, or run long class "
                 f"lists with the batch CLI (python -m grounding.batch)."
             )
+
+    def _pipeline(self, request: StudioRequest) -> GroundedSAM:
+        """The request's detector pipeline, with the chosen segmenter when one is chosen (the shipped shapes
+        pipeline keeps its own: the other segmenters do not know its scenes' scale)."""
+        pipeline = self.registry.get(request.model)
+        segmenters = self.registry.segmenters
+        if not request.segmenter or segmenters is None or pipeline.segmenter is None or self._is_shapes(request.model):
+            return pipeline
+        chosen = segmenters.get(request.segmenter)
+        return pipeline if chosen is pipeline.segmenter else pipeline.with_segmenter(chosen)
+
+    def _is_shapes(self, model: str | None) -> bool:
+        return (model or self.registry.default_name) == SHAPES_NAME
 
     def _model_name(self, model: str | None) -> str:
         """The dropdown's name of the model a request ran on."""

@@ -5,8 +5,8 @@ Named API endpoints (all take the same inputs as the page, in this order, unless
             and how to load the real models
   /retry    ()                            -> as /status, after loading the failed models again (at most once
             per 30 s)
-  /encode   (image, model, use_sam)       -> status line; runs the image encoders once per image
-  /segment  (image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model)
+  /encode   (image, model, use_sam, segmenter) -> status line; runs the image encoders once per image
+  /segment  (image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
             -> (annotated image, status HTML, detections table, JSON summary, details markdown)
   /refilter (same as /segment)            -> same as /segment; what slider releases call (served from the
             caches, no model runs); does nothing while image or prompt is empty
@@ -31,7 +31,7 @@ from app.disk import DiskJanitor
 from app.edge import RequestBodyLimit, StudioBlocks
 from app.examples import demo_example_rows, photo_example_rows
 from app.gpu import on_gpu
-from app.models import PipelineRegistry
+from app.models import ModelRegistry
 from app.rendering import TABLE_HEADERS
 from app.settings import StudioSettings
 from app.studio import Studio
@@ -87,7 +87,7 @@ def on_spaces() -> bool:
     return os.environ.get("SYSTEM") == "spaces"
 
 
-def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.Blocks:
+def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Blocks:
     """The studio page over `registry` (tests pass registries of tiny models)."""
     studio = studio or Studio(registry)
     # ZeroGPU durations: a new image or prompt runs both encoders (seconds on a GPU; the first call also
@@ -141,6 +141,13 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
                             choices=studio.model_choices(), value=registry.default_name, label="Detector",
                             visible=len(registry.names) > 1, elem_id="model",
                         )
+                        segmenters = registry.segmenters
+                        segmenter = gr.Dropdown(
+                            choices=studio.segmenter_choices(), label="Segmenter", elem_id="segmenter",
+                            value=segmenters.default_name if segmenters else None,
+                            visible=segmenters is not None and len(segmenters.names) > 1,
+                            info="the shapes demo model keeps its own",
+                        )
                 retry = gr.Button("Retry loading the models", size="sm", visible=bool(registry.failures()),
                                   elem_id="retry-loads")
                 image_info = gr.Markdown(elem_id="image-info")
@@ -160,7 +167,7 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
                     details = gr.Markdown(elem_id="details")
                     summary = gr.JSON(label="Raw result (JSON)", elem_id="summary")
 
-        inputs = [image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model]
+        inputs = [image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter]
         outputs = [annotated, status, table, summary, details]
         examples = {}
         with example_slots:
@@ -168,7 +175,8 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
             for name, rows in groups if demo_first else groups[::-1]:
                 examples[name] = gr.Examples(
                     examples=rows, inputs=[image, prompt, box_threshold, text_threshold], outputs=outputs,
-                    fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None),
+                    fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None,
+                                                                 None),
                     cache_examples=on_spaces(), cache_mode="lazy", run_on_click=True, visible_columns=[0, 1],
                     label="Shapes scenes (the demo model knows these)" if name == "shapes"
                     else "Drawings (need the real weights)",
@@ -188,19 +196,19 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
         demo.load(studio.banner, outputs=banner, api_name="status").then(
             show_banner, banner, banner, api_visibility="private", queue=False)
         opened = demo.load(
-            studio.page_state, outputs=[model, retry, examples["photos"].dataset, image, prompt, box_threshold,
-                                        text_threshold], api_visibility="private",
+            studio.page_state, outputs=[model, segmenter, retry, examples["photos"].dataset, image, prompt,
+                                        box_threshold, text_threshold], api_visibility="private",
         )
         after(opened.then(refilter, inputs, outputs, api_name="opening_result", api_visibility="private",
                           concurrency_id="refilter", concurrency_limit=4))
         retry.click(studio.retry_loads, outputs=banner, api_name="retry", concurrency_id="models").then(
             show_banner, banner, banner, api_visibility="private", queue=False).then(
-            studio.page_state, outputs=[model, retry, examples["photos"].dataset, image, prompt, box_threshold,
-                                        text_threshold], api_visibility="private",
+            studio.page_state, outputs=[model, segmenter, retry, examples["photos"].dataset, image, prompt,
+                                        box_threshold, text_threshold], api_visibility="private",
         )
 
         image.upload(
-            encode, [image, model, use_sam], image_info, api_name="encode", show_progress="minimal",
+            encode, [image, model, use_sam, segmenter], image_info, api_name="encode", show_progress="minimal",
             concurrency_id="models",
         ).success(
             show, inputs, outputs, api_name="show_after_upload", api_visibility="private",
@@ -222,11 +230,12 @@ def build_demo(registry: PipelineRegistry, studio: Studio | None = None) -> gr.B
             [*(slider.release for slider in sliders), use_sam.input], refilter, inputs, outputs, api_name="refilter",
             trigger_mode="always_last", show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
         ))
-        after(model.input(studio.choose_model, model, model, api_visibility="private", concurrency_id="refilter",
-                          concurrency_limit=4).then(
-            refilter, inputs, outputs, api_name="model_result", api_visibility="private", show_progress="minimal",
-            concurrency_id="refilter", concurrency_limit=4,
-        ))
+        for menu, choose, name in ((model, studio.choose_model, "model"), (segmenter, studio.choose_segmenter, "segmenter")):
+            after(menu.input(choose, menu, menu, api_visibility="private", concurrency_id="refilter",
+                             concurrency_limit=4).then(
+                refilter, inputs, outputs, api_name=f"{name}_result", api_visibility="private", show_progress="minimal",
+                concurrency_id="refilter", concurrency_limit=4,
+            ))
         download_button.click(export, inputs, download, api_name="export", concurrency_id="models").success(
             None, js=CLICK_DOWNLOAD)
     return demo

@@ -67,7 +67,7 @@ def bench_ours(image: np.ndarray, boxes: int, slider_repeats: int) -> tuple[dict
     from grounding.detector import GroundingDetector
     from grounding.model import GroundingDINO
     from grounding.pipeline import GroundedSAM
-    from grounding.sam import SAM_VARIANTS, SamSegmenter, build_sam
+    from grounding.segmenters.sam import SAM_VARIANTS, SamSegmenter, build_sam
     from grounding.text import load_tokenizer
 
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ from grounding.errors import GroundingError
 from grounding.export import coco_dataset, write_mask_pngs
 from grounding.images import load_image
 from grounding.pipeline import GroundedResult, GroundedSAM, check_nms_iou
+from grounding.segmenters import SEGMENTER_NAMES
 from grounding.postprocess import check_threshold
 from grounding.text import normalize_caption, split_phrases
 
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help='phrases separated by ".", e.g. "cat . remote control ."')
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--detector", default="swint_ogc", help="detector name or local checkpoint path")
-    parser.add_argument("--sam", default="auto", help="vit_b | vit_l | vit_h | tiny | auto | none (boxes only)")
+    parser.add_argument("--sam", default="auto",
+                        help=f"{' | '.join(SEGMENTER_NAMES)} | auto | a SAM .pth | a SAM 2 / SAM-HQ folder | none "
+                             f"(boxes only)")
     parser.add_argument("--sam-checkpoint", type=Path, default=None, help="local SAM .pth (skips the download)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     parser.add_argument("--box-threshold", type=float, default=0.35)

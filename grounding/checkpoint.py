@@ -5,8 +5,10 @@ Formats, all read into our `GroundingDINO` (whose `state_dict()` uses the offici
   keys optionally prefixed by "module."; Swin-T vs Swin-B is read from the patch-embedding width;
 - ours: the official layout plus `"config": GroundingDINOConfig.to_dict()`, so any size (tiny test models,
   trained models) loads through the same path (`save_checkpoint`);
-- Hugging Face (`IDEA-Research/grounding-dino-tiny` / `-base`): a folder with `config.json` and
-  `model.safetensors`, keys mapped by `grounding.keymap.hf_to_official` (`save_hf_checkpoint` writes it).
+- Hugging Face (`IDEA-Research/grounding-dino-tiny` / `-base`, and the MM-Grounding-DINO and LLMDet releases,
+  which transformers publishes as `MMGroundingDinoForObjectDetection`): a folder with `config.json` and
+  `model.safetensors`, keys mapped by `grounding.keymap.hf_to_official` (`save_hf_checkpoint` writes it). Whether
+  the decoder layers own their box and class heads is read from the tensors the file holds.
 
 Loading is strict: a key the model lacks or a model key the file lacks raises CheckpointMismatchError naming
 them; only `GroundingDINO.IGNORED_CHECKPOINT_KEYS` (buffers the model recomputes) are skipped.
@@ -19,6 +21,7 @@ honoured). When the hub cannot deliver, WeightsUnavailableError says how to pass
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pickle
@@ -26,6 +29,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -51,14 +55,26 @@ class HubWeights:
         return [f"https://huggingface.co/{self.repo_id}/resolve/main/{name}" for name in self.filenames]
 
 
+def _hf(repo_id: str) -> HubWeights:
+    return HubWeights(repo_id, (HF_CONFIG_FILE, HF_WEIGHTS_FILE))
+
+
+_MM = "openmmlab-community/mm_grounding_dino_"
+# Short name -> hub weights. Every open detector of this architecture worth loading (README "Detectors").
 KNOWN_WEIGHTS: dict[str, HubWeights] = {
     "swint_ogc": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swint_ogc.pth",)),
     "swinb_cogcoor": HubWeights("ShilongLiu/GroundingDINO", ("groundingdino_swinb_cogcoor.pth",)),
-    **{
-        repo: HubWeights(repo, (HF_CONFIG_FILE, HF_WEIGHTS_FILE))
-        for repo in ("IDEA-Research/grounding-dino-tiny", "IDEA-Research/grounding-dino-base")
-    },
+    **{repo: _hf(repo) for repo in ("IDEA-Research/grounding-dino-tiny", "IDEA-Research/grounding-dino-base")},
+    "mm_grounding_dino_tiny": _hf(_MM + "tiny_o365v1_goldg_v3det"),
+    "mm_grounding_dino_base": _hf(_MM + "base_o365v1_goldg_v3det"),
+    "mm_grounding_dino_large": _hf(_MM + "large_o365v2_oiv6_goldg"),
+    **{f"mm_grounding_dino_{variant}": _hf(_MM + variant) for variant in (
+        "tiny_o365v1_goldg", "tiny_o365v1_goldg_grit", "tiny_o365v1_goldg_v3det", "tiny_o365v1_goldg_grit_v3det",
+        "base_o365v1_goldg_v3det", "base_all", "large_o365v2_oiv6_goldg", "large_all",
+    )},
+    **{f"llmdet_{size}": _hf(f"iSEE-Laboratory/llmdet_{size}") for size in ("tiny", "base", "large")},
 }
+KNOWN_WEIGHTS.update({hub.repo_id: hub for hub in list(KNOWN_WEIGHTS.values()) if hub.filenames[0] == HF_CONFIG_FILE})
 
 # Swin patch-embedding width -> official preset (the two released backbones differ in it).
 _PRESET_BY_EMBED_DIM = {96: swint_ogc, 128: swinb_cogcoor}
@@ -169,9 +185,19 @@ def _read_hf(weights: Path, config: GroundingDINOConfig | None) -> Checkpoint:
         origin = "argument"
     elif config_file.is_file():
         config, origin = config_from_hf(json.loads(config_file.read_text())), str(config_file)
+        if config.contrastive_bias:  # the file says whether the layers own their heads (see module docstring)
+            config = dataclasses.replace(
+                config, share_box_head=not _per_layer(raw, "bbox_embed"), share_class_head=not _per_layer(raw, "class_embed")
+            )
     else:
         config, origin = infer_config(state_dict, weights.parent.name), "tensor shapes"
     return Checkpoint(state_dict, config, "hf", origin, str(weights))
+
+
+def _per_layer(hf_state: dict[str, torch.Tensor], head: str) -> bool:
+    """True if an HF file holds a head for a decoder layer after the first (`save_pretrained` writes a head shared
+    by the layers once, as `{head}.0`)."""
+    return any(re.match(rf"^{head}\.[1-9]\d*\.", key) for key in hf_state)
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], name: str = "") -> GroundingDINOConfig:
@@ -188,10 +214,12 @@ def infer_config(state_dict: dict[str, torch.Tensor], name: str = "") -> Groundi
 
 
 def config_from_hf(data: dict) -> GroundingDINOConfig:
-    """transformers GroundingDinoConfig (config.json contents) -> our config (inverse of `keymap.hf_config`)."""
-    from transformers import GroundingDinoConfig
+    """transformers GroundingDinoConfig or MMGroundingDinoConfig (config.json contents) -> our config (inverse of
+    `keymap.hf_config`)."""
+    from transformers import GroundingDinoConfig, MMGroundingDinoConfig
 
-    hf = GroundingDinoConfig.from_dict(data)
+    mm = data.get("model_type") == MMGroundingDinoConfig.model_type
+    hf = (MMGroundingDinoConfig if mm else GroundingDinoConfig).from_dict(data)
     swin, text = hf.backbone_config, hf.text_config
     return GroundingDINOConfig(
         swin=SwinConfig(
@@ -232,6 +260,9 @@ def config_from_hf(data: dict) -> GroundingDINOConfig:
         max_text_len=hf.max_text_len,
         image_pos_temperature=float(hf.positional_embedding_temperature),
         layer_norm_eps=hf.layer_norm_eps,
+        contrastive_bias=mm,
+        share_box_head=getattr(hf, "decoder_bbox_embed_share", True),
+        share_class_head=getattr(hf, "decoder_cls_embed_share", True),
     )
 
 
@@ -310,25 +341,33 @@ def save_checkpoint(model: GroundingDINO, path: str | os.PathLike) -> Path:
     return path
 
 
-_SHARED_BOX_HEAD_ALIAS = re.compile(r"^(bbox_embed\.[1-9]\d*|model\.decoder\.bbox_embed\.\d+)\.")
+def hf_file_state(model: GroundingDINO) -> dict[str, torch.Tensor]:
+    """The model's weights as transformers' `save_pretrained` writes them: HF key names, each decoder head once
+    (a shared head as `{head}.0`, per-layer heads as `{head}.{i}`; the decoder's aliases left out)."""
+    config = model.config
+    shared = {"bbox_embed": config.share_box_head, "class_embed": config.share_class_head}
+
+    def written(key: str) -> bool:
+        if key.startswith(("model.decoder.bbox_embed.", "model.decoder.class_embed.")):
+            return False
+        head, _, rest = key.partition(".")
+        return not (head in shared and shared[head] and not rest.startswith("0."))
+
+    return {key: tensor for key, tensor in official_to_hf(model.state_dict()).items() if written(key)}
 
 
 def save_hf_checkpoint(model: GroundingDINO, directory: str | os.PathLike) -> Path:
     """transformers layout: `config.json` + `model.safetensors`, loadable by
-    `GroundingDinoForObjectDetection.from_pretrained(directory)` and by `load_model(directory)`."""
+    `(MM)GroundingDinoForObjectDetection.from_pretrained(directory)` and by `load_model(directory)`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hf_state = official_to_hf(model.state_dict())
-    # Like save_pretrained: the shared decoder box head is written once, as bbox_embed.0 (safetensors
-    # refuses tensors that share memory, so every tensor is also made its own copy).
-    tensors = {
-        key: tensor.detach().cpu().contiguous().clone()
-        for key, tensor in hf_state.items()
-        if not _SHARED_BOX_HEAD_ALIAS.match(key)
-    }
+    # safetensors refuses tensors that share memory, so every tensor is also made its own copy
+    tensors = {key: tensor.detach().cpu().contiguous().clone() for key, tensor in hf_file_state(model).items()}
     save_file(tensors, directory / HF_WEIGHTS_FILE, metadata={"format": "pt"})
     hf = hf_config(model.config)
-    hf.architectures = ["GroundingDinoForObjectDetection"]
+    hf.architectures = [
+        "MMGroundingDinoForObjectDetection" if model.config.contrastive_bias else "GroundingDinoForObjectDetection"
+    ]
     hf.to_json_file(str(directory / HF_CONFIG_FILE))
     return directory
 
@@ -383,9 +422,10 @@ def resolve_checkpoint(
     if hub is None and looks_like_repo and not name.endswith((".pth", ".safetensors")):
         hub = HubWeights(name, (HF_CONFIG_FILE, HF_WEIGHTS_FILE))
     if hub is None:
+        short = [known for known in KNOWN_WEIGHTS if "/" not in known]
         raise WeightsUnavailableError(
-            f"no checkpoint file or known model named {name!r}. Known names: {', '.join(KNOWN_WEIGHTS)}. "
-            + _how_to_pass_local(None)
+            f"no checkpoint file or known model named {name!r}. Known names: {', '.join(short)} (or any Hugging "
+            f"Face repo id with config.json + model.safetensors). " + _how_to_pass_local(None)
         )
     if not download:
         raise WeightsUnavailableError(

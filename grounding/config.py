@@ -1,8 +1,10 @@
 """Model variants as dataclass configs.
 
 `swint_ogc()` and `swinb_cogcoor()` are the two official checkpoints (arXiv 2303.05499, IDEA-Research
-release); `tiny()` is a small variant for tests and the shipped demo model. A config round-trips through
-`asdict` / `from_dict`, so checkpoints written by this repo carry their own config.
+release); `mm_grounding_dino()` is the same architecture as MM-Grounding-DINO and LLMDet train it (mmdet's
+detection head, arXiv 2401.02361 / 2501.18954) at the Swin-T, -B and -L sizes; `tiny()` is a small variant for
+tests and the shipped demo model. A config round-trips through `asdict` / `from_dict`, so checkpoints written by
+this repo carry their own config.
 """
 from __future__ import annotations
 
@@ -63,9 +65,16 @@ class GroundingDINOConfig:
     max_text_len: int = 256
     image_pos_temperature: float = 20.0
     layer_norm_eps: float = 1e-5
-    # Clamp of the inverse sigmoid in box refinement: official 1e-3; transformers' port uses 1e-5. The two differ
-    # only for degenerate reference boxes (a coordinate outside (1e-3, 1 - 1e-3)).
+    # Inverse sigmoid of box refinement. "ratio": log(max(x, eps) / max(1 - x, eps)), the original code's and
+    # mmdet's; "logit": torch.special.logit's clamp of x to [eps, 1 - eps], transformers' (with eps 1e-5). They
+    # differ only for degenerate reference boxes (a coordinate outside (eps, 1 - eps)).
     inverse_sigmoid_eps: float = 1e-3
+    inverse_sigmoid_form: str = "ratio"
+    # mmdet's head (MM-Grounding-DINO, LLMDet): logits = queries . text / sqrt(d) + a learnable bias per head,
+    # and box / class heads that each decoder layer may own (the official model shares one box MLP).
+    contrastive_bias: bool = False
+    share_box_head: bool = True
+    share_class_head: bool = True
     # (shortest side, longest side) of the resize the model was trained with: the detector's default resize.
     input_size: tuple[int, int] = (800, 1333)
 
@@ -98,6 +107,24 @@ def swinb_cogcoor() -> GroundingDINOConfig:
     """groundingdino_swinb_cogcoor.pth / IDEA-Research/grounding-dino-base (Swin-B, window 12)."""
     return GroundingDINOConfig(
         swin=SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12)
+    )
+
+
+MM_SWIN = {
+    "tiny": SwinConfig(),
+    "base": SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "large": SwinConfig(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12,
+                        out_indices=(0, 1, 2, 3)),
+}
+
+
+def mm_grounding_dino(size: str = "tiny") -> GroundingDINOConfig:
+    """MM-Grounding-DINO / LLMDet at Swin-T, -B or -L ("tiny" | "base" | "large"): mmdet's head, one box and class
+    head per decoder layer; the Large models read 5 feature levels, from Swin stages 1-4."""
+    swin = MM_SWIN[size]
+    return GroundingDINOConfig(
+        swin=swin, num_feature_levels=len(swin.out_indices) + 1, contrastive_bias=True, share_box_head=False,
+        share_class_head=False,
     )
 
 

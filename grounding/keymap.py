@@ -1,4 +1,5 @@
-"""Key maps between the official Grounding DINO checkpoint layout and transformers' GroundingDinoForObjectDetection.
+"""Key maps between the official Grounding DINO checkpoint layout and transformers' GroundingDinoForObjectDetection
+(and MMGroundingDinoForObjectDetection, the same layout plus mmdet's class-head biases).
 
 `official_to_hf(sd)` and `hf_to_official(sd)` are pure: they rename keys and split / merge fused attention
 projections, nothing else. Our `GroundingDINO.state_dict()` uses the official names, so these two maps
@@ -7,9 +8,10 @@ are all the HF safetensors (IDEA-Research/grounding-dino-tiny / -base) need.
 HF layout = the file layout (what the hub files hold and `save_pretrained` writes, e.g.
 `...conv_encoder.model.encoder.layers.0.blocks.0.attention.self.query.weight`). `hf_to_official` also
 accepts the module names of transformers >= 5 (`...model.swin.encoder...attention.q_proj...`), which that
-version renames on load. Aliases of the shared decoder box head (`bbox_embed.{i}`,
-`transformer.decoder.bbox_embed.{i}`) are renamed one to one; `hf_to_official` also restores the aliases
-that `save_pretrained` leaves out (it stores the shared head once, as `bbox_embed.0`).
+version renames on load. Aliases of the decoder heads (`bbox_embed.{i}`, `transformer.decoder.bbox_embed.{i}`,
+and mmdet's `class_embed.{i}`, `transformer.decoder.class_embed.{i}`) are renamed one to one; `hf_to_official`
+also restores the aliases that `save_pretrained` leaves out (it stores a shared head once, as `bbox_embed.0`,
+and the decoder's aliases not at all).
 
 Dropped, because they are recomputed or unused: Swin `relative_position_index`, BERT `position_ids` and
 `token_type_ids` (buffers) and `pooler.*`, and transformers' final `swin.layernorm` (its SwinBackbone never
@@ -56,6 +58,7 @@ _RENAMES: list[tuple[str, str]] = [
     ("transformer.enc_output.", "model.enc_output."),
     ("transformer.enc_output_norm.", "model.enc_output_norm."),
     ("transformer.enc_out_bbox_embed.", "model.encoder_output_bbox_embed."),
+    ("transformer.enc_out_class_embed.", "model.encoder_output_class_embed."),
     # Feature enhancer: deformable self-attention layer.
     ("transformer.encoder.layers.{i}.self_attn.", "model.encoder.layers.{i}.deformable_layer.self_attn."),
     ("transformer.encoder.layers.{i}.norm1.", "model.encoder.layers.{i}.deformable_layer.self_attn_layer_norm."),
@@ -94,7 +97,9 @@ _RENAMES: list[tuple[str, str]] = [
     ("transformer.decoder.norm.", "model.decoder.layer_norm."),
     ("transformer.decoder.ref_point_head.", "model.decoder.reference_points_head."),
     ("transformer.decoder.bbox_embed.", "model.decoder.bbox_embed."),
+    ("transformer.decoder.class_embed.", "model.decoder.class_embed."),
     ("bbox_embed.", "bbox_embed."),
+    ("class_embed.", "class_embed."),
 ]
 
 # Fused q/k/v projections: official key (with `{p}` = weight|bias) <-> three HF keys (`{part}` = query|key|value).
@@ -200,19 +205,22 @@ def hf_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _fill_box_head_aliases(state_dict: dict[str, torch.Tensor]) -> None:
-    """`save_pretrained` stores the shared decoder box head once (`bbox_embed.0`); official checkpoints hold it
-    under every alias (`bbox_embed.{i}`, `transformer.decoder.bbox_embed.{i}`, one per decoder layer)."""
-    alias = re.compile(r"^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.(.+)$")
+    """Every decoder head under every alias, as official checkpoints hold them: `save_pretrained` stores a head
+    shared by the layers once (`bbox_embed.0`), per-layer heads once each, and the decoder's aliases
+    (`transformer.decoder.bbox_embed.{i}`, `...class_embed.{i}`) not at all. A layer without its own head gets
+    layer 0's (a shared head)."""
     layer = re.compile(r"^transformer\.decoder\.layers\.(\d+)\.")
     num_layers = 1 + max((int(m[1]) for k in state_dict if (m := layer.match(k))), default=-1)
-    shared: dict[str, torch.Tensor] = {}
-    for key in sorted(state_dict):  # bbox_embed.0 sorts before transformer.decoder.*
-        if (m := alias.match(key)):
-            shared.setdefault(m[2], state_dict[key])
-    for i in range(num_layers):
-        for rest, tensor in shared.items():
-            state_dict.setdefault(f"bbox_embed.{i}.{rest}", tensor)
-            state_dict.setdefault(f"transformer.decoder.bbox_embed.{i}.{rest}", tensor)
+    for head in ("bbox_embed", "class_embed"):
+        alias = re.compile(rf"^(?:transformer\.decoder\.)?{head}\.(\d+)\.(.+)$")
+        own: dict[int, dict[str, torch.Tensor]] = {}
+        for key in sorted(state_dict):  # `{head}.i` sorts before `transformer.decoder.{head}.i`
+            if (m := alias.match(key)):
+                own.setdefault(int(m[1]), {}).setdefault(m[2], state_dict[key])
+        for i in range(num_layers if own else 0):
+            for rest, tensor in own.get(i, own.get(0, {})).items():
+                state_dict.setdefault(f"{head}.{i}.{rest}", tensor)
+                state_dict.setdefault(f"transformer.decoder.{head}.{i}.{rest}", tensor)
 
 
 TRANSFORMERS_INVERSE_SIGMOID_EPS = 1e-5  # transformers' logit clamp in box refinement (official: 1e-3)
@@ -220,17 +228,18 @@ TRANSFORMERS_INVERSE_SIGMOID_EPS = 1e-5  # transformers' logit clamp in box refi
 
 def as_transformers_port(config: GroundingDINOConfig) -> GroundingDINOConfig:
     """The config whose behaviour equals transformers' port of the same weights: its only behavioural
-    difference from the official model is the inverse-sigmoid clamp of box refinement."""
-    return dataclasses.replace(config, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS)
+    difference from the original models is the inverse sigmoid of box refinement (a logit clamp at 1e-5)."""
+    return dataclasses.replace(config, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS, inverse_sigmoid_form="logit")
 
 
-def hf_config(config: GroundingDINOConfig) -> "transformers.GroundingDinoConfig":
-    """The transformers GroundingDinoConfig of the same architecture.
+def hf_config(config: GroundingDINOConfig) -> "transformers.GroundingDinoConfig | transformers.MMGroundingDinoConfig":
+    """The transformers config of the same architecture: MMGroundingDinoConfig for mmdet's head
+    (`config.contrastive_bias`), else GroundingDinoConfig.
 
     transformers derives the text-enhancer and fusion sizes from the encoder ones (heads // 2, ffn // 2),
     so a config whose sizes break that rule has no transformers equivalent: ValueError.
     """
-    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+    from transformers import BertConfig, GroundingDinoConfig, MMGroundingDinoConfig, SwinConfig
 
     tied = {
         "text_enhancer_heads": config.num_heads // 2,
@@ -243,8 +252,16 @@ def hf_config(config: GroundingDINOConfig) -> "transformers.GroundingDinoConfig"
             raise ValueError(f"transformers needs {name} == {expected} for this config, got {getattr(config, name)}")
     if config.image_pos_temperature != int(config.image_pos_temperature):
         raise ValueError("transformers needs an integer image_pos_temperature")
+    if not config.contrastive_bias and not (config.share_box_head and config.share_class_head):
+        raise ValueError("transformers' GroundingDino shares one box head between the decoder layers")
     swin, text = config.swin, config.text
-    return GroundingDinoConfig(
+    if config.contrastive_bias:
+        kind = MMGroundingDinoConfig
+        head = {"decoder_bbox_embed_share": config.share_box_head, "decoder_cls_embed_share": config.share_class_head}
+    else:
+        kind, head = GroundingDinoConfig, {}
+    return kind(
+        **head,
         backbone_config=SwinConfig(
             embed_dim=swin.embed_dim,
             depths=list(swin.depths),

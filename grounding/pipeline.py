@@ -45,7 +45,7 @@ from grounding.errors import InvalidThresholdError, WeightsUnavailableError
 from grounding.images import ImageLimits, LoadedImage, load_image
 from grounding.postprocess import check_threshold
 from grounding.results import Detections
-from grounding.sam import SamMasks, SamSegmenter
+from grounding.segmenters import SEGMENTER_NAMES, SamMasks, Segmenter, load_segmenter
 from grounding.text import normalize_caption, split_phrases, tokenize_caption
 
 # Class-agnostic NMS is off by default, as in the official demos. 0.5 is the value to offer when a prompt
@@ -139,7 +139,7 @@ class GroundedSAM:
     def __init__(
         self,
         detector: Detector,
-        segmenter: SamSegmenter | None = None,
+        segmenter: Segmenter | None = None,
         cache_config: CacheConfig | None = None,
         image_limits: ImageLimits | None = None,
         caches: PipelineCaches | None = None,
@@ -170,21 +170,25 @@ class GroundedSAM:
     ) -> "GroundedSAM":
         """Load both models by name.
 
-        detector: "swint_ogc" | "swinb_cogcoor" | "IDEA-Research/grounding-dino-tiny" | "...-base" | a local
-            .pth / .safetensors / directory (see `GroundingDetector.from_pretrained`).
-        sam: "vit_b" | "vit_l" | "vit_h" | "tiny" | "auto" (vit_h on a GPU, vit_b on CPU) | None (boxes only).
-        sam_checkpoint: a local SAM .pth (else $SAM_CHECKPOINT, the cache, or a download).
-        Raises WeightsUnavailableError / CheckpointMismatchError saying what to do.
+        detector: "swint_ogc" | "swinb_cogcoor" | "mm_grounding_dino_tiny" | "llmdet_base" | ... (the names of
+            `grounding.checkpoint.KNOWN_WEIGHTS`) | a hub repo id | a local .pth / .safetensors / directory (see
+            `GroundingDetector.from_pretrained`).
+        sam: "vit_b" | "vit_l" | "vit_h" | "sam2.1_hiera_tiny" | "sam_hq_vit_b" | ... (`SEGMENTER_NAMES`) |
+            "auto" (vit_h on a GPU, vit_b on CPU) | a SAM .pth | a SAM 2 / SAM-HQ folder | None (boxes only).
+        sam_checkpoint: a local SAM .pth for a SAM variant (else $SAM_CHECKPOINT, the cache, or a download).
+        Raises WeightsUnavailableError (an unknown name lists the valid ones) / CheckpointMismatchError.
         """
         from grounding.detector import GroundingDetector
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        grounding_detector = GroundingDetector.from_pretrained(detector, device=device)
-        segmenter = None
-        if sam is not None:
-            variant = None if sam == "auto" else sam
-            segmenter = SamSegmenter.from_pretrained(variant, checkpoint=sam_checkpoint, device=device, download=download)
+        grounding_detector = GroundingDetector.from_pretrained(detector, device=device, download=download)
+        segmenter = None if sam is None else load_segmenter(sam, sam_checkpoint, device, download)
         return cls(grounding_detector, segmenter, cache_config=cache_config)
+
+    def with_segmenter(self, segmenter: Segmenter | None) -> "GroundedSAM":
+        """The same detector, caches, limits and run lock with another segmenter (loading nothing)."""
+        return GroundedSAM(self.detector, segmenter, caches=self.caches, image_limits=self.image_limits,
+                           run_lock=self.run_lock)
 
     @property
     def device(self) -> str:
@@ -243,8 +247,8 @@ class GroundedSAM:
         """
         if self.segmenter is None:
             raise WeightsUnavailableError(
-                "No SAM model is loaded, so masks are unavailable: turn masks off, or load SAM "
-                "(GroundedSAM.from_names(sam='vit_b', sam_checkpoint=...) / $SAM_CHECKPOINT)."
+                "No SAM model is loaded, so masks are unavailable: turn masks off, or load a segmenter "
+                f"(GroundedSAM.from_names(sam=...): {', '.join(SEGMENTER_NAMES)})."
             )
         return self._run(
             image, prompt, box_threshold, text_threshold, nms_iou, same_phrase_nms_iou, masks=True, multimask=multimask

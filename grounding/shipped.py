@@ -25,7 +25,7 @@ from grounding.checkpoint import map_tensors_keeping_ties
 from grounding.detector import GroundingDetector
 from grounding.errors import WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
-from grounding.sam import SamSegmenter
+from grounding.segmenters.sam import SamSegmenter
 
 SHAPES_NAME = "shapes"
 SHAPES_DIR_ENV = "GROUNDING_SHAPES_DIR"

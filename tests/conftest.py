@@ -22,7 +22,7 @@ def tiny_sam_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_segmenter(tiny_sam_checkpoint):
     """A SamSegmenter loaded from the tiny checkpoint through the real loading path (CPU)."""
-    from grounding.sam import SamSegmenter
+    from grounding.segmenters.sam import SamSegmenter
 
     return SamSegmenter.from_pretrained("tiny", checkpoint=tiny_sam_checkpoint, device="cpu")
 

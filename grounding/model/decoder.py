@@ -4,10 +4,12 @@ and the contrastive classification head.
 Per layer: self-attention -> norm2, text cross-attention -> catext_norm, deformable cross-attention on the
 encoder memory -> norm1, FFN -> norm3. The query position comes from the sine embedding of the current
 reference boxes (scaled by the valid ratios) through `ref_point_head`. Boxes are refined iteratively from
-the *un-normed* layer outputs with the shared `bbox_embed`; `decoder.norm` is applied only to the outputs
-handed to the heads.
+the *un-normed* layer outputs with `bbox_embed` (one shared MLP, or one per layer in mmdet's models);
+`decoder.norm` is applied only to the outputs handed to the heads.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +22,14 @@ def full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def inverse_sigmoid(x: Tensor, eps: float) -> Tensor:
-    """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (`GroundingDINOConfig.inverse_sigmoid_eps`)."""
-    return torch.special.logit(x, eps=eps)
+def inverse_sigmoid(x: Tensor, eps: float, form: str = "ratio") -> Tensor:
+    """log(x / (1 - x)), kept finite at 0 and 1 as `GroundingDINOConfig.inverse_sigmoid_form` says:
+    "ratio" log(max(x, eps) / max(1 - x, eps)) (original code, mmdet), "logit" x clamped to [eps, 1 - eps]
+    (transformers)."""
+    if form == "logit":
+        return torch.special.logit(x, eps=eps)
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 class MLP(nn.Module):
@@ -40,21 +47,40 @@ class MLP(nn.Module):
         return x
 
 
-def contrastive_logits(queries: Tensor, text: Tensor, text_token_mask: Tensor, max_text_len: int) -> Tensor:
+def contrastive_logits(
+    queries: Tensor, text: Tensor, text_token_mask: Tensor, max_text_len: int, bias: Tensor | None = None
+) -> Tensor:
     """Dot product of queries with text tokens, -inf for padded tokens and for columns T..max_text_len-1.
+    With `bias` (mmdet's head), the dot product is scaled by 1/sqrt(d) and the bias added.
 
     Args:
-        queries: [B, Q, d]; text: [B, T, d]; text_token_mask: [B, T] bool, True = real token.
+        queries: [B, Q, d]; text: [B, T, d]; text_token_mask: [B, T] bool, True = real token; bias: [] or None.
     Returns:
         [B, Q, max_text_len]
     """
     # fp32 even under autocast: these scores pick the top-k queries and are compared with the thresholds
     with torch.autocast(queries.device.type, enabled=False):
         logits = full_precision(queries) @ full_precision(text).transpose(-1, -2)  # [B, Q, T]
+        if bias is not None:
+            logits = logits / math.sqrt(queries.shape[-1]) + bias.float()
     logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
     padded = logits.new_full((*logits.shape[:-1], max_text_len), float("-inf"))
     padded[..., : logits.shape[-1]] = logits
     return padded
+
+
+class ContrastiveHead(nn.Module):
+    """The classification head: `contrastive_logits` of queries and text. The official model's has no weights;
+    mmdet's (`with_bias`) holds its learnable bias (key `bias`), initialised so a logit starts at p = 0.01."""
+
+    def __init__(self, max_text_len: int, with_bias: bool = False):
+        super().__init__()
+        self.max_text_len = max_text_len
+        self.bias = nn.Parameter(torch.tensor(-math.log((1 - 0.01) / 0.01))) if with_bias else None
+
+    def forward(self, queries: Tensor, text: Tensor, text_token_mask: Tensor) -> Tensor:
+        """queries [B, Q, d], text [B, T, d], text_token_mask [B, T] -> logits [B, Q, max_text_len]."""
+        return contrastive_logits(queries, text, text_token_mask, self.max_text_len, self.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -94,13 +120,16 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Keys: `layers.{i}`, `norm`, `ref_point_head`, `bbox_embed.{i}` (the shared box MLP, set by the owner)."""
+    """Keys: `layers.{i}`, `norm`, `ref_point_head`, and the owner's heads under their aliases `bbox_embed.{i}`
+    (box MLPs, shared or per layer) and `class_embed.{i}` (set by the owner)."""
 
     def __init__(self, num_layers: int, d_model: int, ffn_dim: int, num_heads: int, num_levels: int,
-                 num_points: int, layer_norm_eps: float = 1e-5, inverse_sigmoid_eps: float = 1e-3):
+                 num_points: int, layer_norm_eps: float = 1e-5, inverse_sigmoid_eps: float = 1e-3,
+                 inverse_sigmoid_form: str = "ratio"):
         super().__init__()
         self.d_model = d_model
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
+        self.inverse_sigmoid_form = inverse_sigmoid_form
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, ffn_dim, num_heads, num_levels, num_points, layer_norm_eps)
             for _ in range(num_layers)
@@ -108,6 +137,7 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
         self.bbox_embed: nn.ModuleList | None = None
+        self.class_embed: nn.ModuleList | None = None
 
     def forward(
         self,
@@ -132,7 +162,9 @@ class Decoder(nn.Module):
             query_pos = self.ref_point_head(sine_embedding(scaled[:, :, 0], self.d_model // 2))  # [B, Q, d]
             tgt = layer(tgt, query_pos, scaled, memory, memory_padding, spatial_shapes, level_start_index,
                         text, text_padding)
-            reference_logits = inverse_sigmoid(full_precision(reference_points), self.inverse_sigmoid_eps)
+            reference_logits = inverse_sigmoid(
+                full_precision(reference_points), self.inverse_sigmoid_eps, self.inverse_sigmoid_form
+            )
             refined = (full_precision(box_head(tgt)) + reference_logits).sigmoid()
             # the next layer starts from detached boxes; the heads see the undetached ones (official)
             reference_points = refined.detach()

@@ -3,25 +3,30 @@
     pixels --(backbone, input_proj: image_encoder.py)--> ImageFeatures   (cacheable, text independent)
     input_ids --(bert + sub-sentence masks: text_encoder.py, feat_map)--> text [B, T, d]
     transformer: flatten levels -> FeatureEnhancer (encoder.py) -> select_queries (query_selection.py)
-                 -> Decoder (decoder.py) -> contrastive logits + shared box MLP per decoder layer
+                 -> Decoder (decoder.py) -> contrastive logits + box MLP per decoder layer
 
 Module attribute names reproduce the official checkpoint keys (`backbone.0.*`, `bert.*`, `feat_map.*`,
-`input_proj.*`, `transformer.*`, `bbox_embed.*`); the one box MLP appears as `bbox_embed.{i}` and as
-`transformer.decoder.bbox_embed.{i}` for every decoder layer, as in the official model.
+`input_proj.*`, `transformer.*`, `bbox_embed.*`); the box MLPs appear as `bbox_embed.{i}` and as
+`transformer.decoder.bbox_embed.{i}`, as in the official model (one MLP under every index there). mmdet's
+models (`config.contrastive_bias`: MM-Grounding-DINO, LLMDet) add the class heads' biases, under
+`class_embed.{i}`, `transformer.decoder.class_embed.{i}` and `transformer.enc_out_class_embed`, and may own a
+box and class head per decoder layer (`config.share_box_head` / `share_class_head`).
 
-The inverse sigmoid of box refinement clamps with `config.inverse_sigmoid_eps`: 1e-3 as the official model;
-the parity tests against transformers set its 1e-5 (`keymap.as_transformers_port`). With random weights
-degenerate boxes occur and the two clamps then differ (0.037 max logit diff on the tiny config).
+The inverse sigmoid of box refinement follows `config.inverse_sigmoid_form` / `inverse_sigmoid_eps`: the
+original's log(max(x, 1e-3) / max(1 - x, 1e-3)) by default; the parity tests against transformers use its
+logit clamp at 1e-5 (`keymap.as_transformers_port`). With random weights degenerate boxes occur and the two
+then differ (0.037 max logit diff on the tiny config).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from grounding.config import GroundingDINOConfig
-from grounding.model.decoder import MLP, Decoder, contrastive_logits, full_precision, inverse_sigmoid
+from grounding.model.decoder import MLP, ContrastiveHead, Decoder, full_precision, inverse_sigmoid
 from grounding.model.encoder import FeatureEnhancer, MultiScaleDeformableAttention
 from grounding.model.image_encoder import ImageFeatures, build_backbone, build_input_proj, encode_image_features
 from grounding.model.query_selection import select_queries
@@ -60,7 +65,8 @@ def valid_ratios(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 class GroundingTransformer(nn.Module):
     """Keys: `level_embed`, `encoder.*`, `decoder.*`, `tgt_embed`, `enc_output`, `enc_output_norm`,
-    `enc_out_bbox_embed` (official `transformer.*`)."""
+    `enc_out_bbox_embed`, `enc_out_class_embed` (official `transformer.*`; the last holds weights only in mmdet's
+    models)."""
 
     def __init__(self, config: GroundingDINOConfig):
         super().__init__()
@@ -75,12 +81,13 @@ class GroundingTransformer(nn.Module):
         )
         self.decoder = Decoder(
             config.decoder_layers, d, config.decoder_ffn_dim, config.num_heads, config.num_feature_levels,
-            config.decoder_n_points, config.layer_norm_eps, config.inverse_sigmoid_eps,
+            config.decoder_n_points, config.layer_norm_eps, config.inverse_sigmoid_eps, config.inverse_sigmoid_form,
         )
         self.tgt_embed = nn.Embedding(config.num_queries, d)
         self.enc_output = nn.Linear(d, d)
         self.enc_output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.enc_out_bbox_embed = MLP(d, d, 4, 3)
+        self.enc_out_class_embed = ContrastiveHead(config.max_text_len, with_bias=config.contrastive_bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -92,6 +99,8 @@ class GroundingTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, MultiScaleDeformableAttention):
                 module.reset_parameters()
+        if self.enc_out_class_embed.bias is not None:
+            nn.init.constant_(self.enc_out_class_embed.bias, -math.log((1 - 0.01) / 0.01))
         nn.init.normal_(self.level_embed)
         nn.init.normal_(self.tgt_embed.weight)
 
@@ -140,7 +149,7 @@ class GroundingTransformer(nn.Module):
         )
         selection = select_queries(
             memory, flat.padding, flat.shapes, text, text_token_mask, self.enc_output, self.enc_output_norm,
-            self.enc_out_bbox_embed, self.config.num_queries, self.config.max_text_len,
+            self.enc_out_bbox_embed, self.enc_out_class_embed, self.config.num_queries,
         )
         tgt = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)  # [B, Q, d]
         outputs, references = self.decoder(
@@ -148,6 +157,19 @@ class GroundingTransformer(nn.Module):
             flat.valid_ratios, text, text_padding,
         )
         return outputs, references, text, selection
+
+
+def box_mlp(d_model: int) -> MLP:
+    """A decoder box head; its last layer starts at zero, so refinement starts as the identity (official init)."""
+    head = MLP(d_model, d_model, 4, 3)
+    nn.init.zeros_(head.layers[-1].weight)
+    nn.init.zeros_(head.layers[-1].bias)
+    return head
+
+
+def per_layer(num_layers: int, shared: bool, build) -> nn.ModuleList:
+    """One head per decoder layer: the same module under every index when `shared`, else a new one each."""
+    return nn.ModuleList([build()] * num_layers if shared else [build() for _ in range(num_layers)])
 
 
 class GroundingDINO(nn.Module):
@@ -174,11 +196,13 @@ class GroundingDINO(nn.Module):
         nn.init.xavier_uniform_(self.feat_map.weight)
         nn.init.zeros_(self.feat_map.bias)
         self.transformer = GroundingTransformer(config)
-        box_head = MLP(config.d_model, config.d_model, 4, 3)
-        nn.init.zeros_(box_head.layers[-1].weight)  # refinement starts as the identity (official init)
-        nn.init.zeros_(box_head.layers[-1].bias)
-        self.bbox_embed = nn.ModuleList([box_head] * config.decoder_layers)  # one MLP shared by every layer
+        self.bbox_embed = per_layer(config.decoder_layers, config.share_box_head, lambda: box_mlp(config.d_model))
+        self.class_embed = per_layer(
+            config.decoder_layers, config.share_class_head,
+            lambda: ContrastiveHead(config.max_text_len, with_bias=config.contrastive_bias),
+        )
         self.transformer.decoder.bbox_embed = self.bbox_embed
+        self.transformer.decoder.class_embed = self.class_embed
 
     def encode_image(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> ImageFeatures:
         """pixel_values [B, 3, H, W] normalised, pixel_mask [B, H, W] bool True = valid (default all valid)."""
@@ -228,12 +252,12 @@ class GroundingDINO(nn.Module):
         outputs, references, text, selection = self.transformer(
             image_features, text, text_token_mask, block_mask, position_ids
         )
-        max_len, eps = self.config.max_text_len, self.config.inverse_sigmoid_eps
+        eps, form = self.config.inverse_sigmoid_eps, self.config.inverse_sigmoid_form
         layers = []
-        for hidden, reference, box_head in zip(outputs, references, self.bbox_embed):
+        for hidden, reference, box_head, class_head in zip(outputs, references, self.bbox_embed, self.class_embed):
             layers.append({
-                "pred_logits": contrastive_logits(hidden, text, text_token_mask, max_len),
-                "pred_boxes": (full_precision(box_head(hidden)) + inverse_sigmoid(reference, eps)).sigmoid(),
+                "pred_logits": class_head(hidden, text, text_token_mask),
+                "pred_boxes": (full_precision(box_head(hidden)) + inverse_sigmoid(reference, eps, form)).sigmoid(),
             })
         return GroundingOutput(
             pred_logits=layers[-1]["pred_logits"],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from grounding.model.decoder import MLP, contrastive_logits, full_precision
+from grounding.model.decoder import MLP, ContrastiveHead, full_precision
 
 
 @dataclass
@@ -67,12 +67,12 @@ def select_queries(
     enc_output: nn.Linear,
     enc_output_norm: nn.LayerNorm,
     enc_out_bbox_embed: MLP,
+    enc_out_class_embed: ContrastiveHead,
     num_queries: int,
-    max_text_len: int,
 ) -> SelectedQueries:
     memory, proposals = encoder_output_proposals(memory, padding, spatial_shapes)
     output_memory = enc_output_norm(enc_output(memory))  # [B, N, d]
-    scores = contrastive_logits(output_memory, text, text_token_mask, max_text_len).max(-1).values  # [B, N]
+    scores = enc_out_class_embed(output_memory, text, text_token_mask).max(-1).values  # [B, N]
     top = torch.topk(scores, num_queries, dim=1).indices  # [B, Q]
     # Only the selected tokens need the box head (same values as running it on all N and gathering).
     selected_memory = torch.gather(output_memory, 1, top[..., None].expand(-1, -1, output_memory.shape[-1]))
@@ -80,6 +80,6 @@ def select_queries(
     box_logits = full_precision(enc_out_bbox_embed(selected_memory)) + selected_proposals  # [B, Q, 4] fp32
     return SelectedQueries(
         reference_points=box_logits.detach().sigmoid(),
-        enc_logits=contrastive_logits(selected_memory, text, text_token_mask, max_text_len),
+        enc_logits=enc_out_class_embed(selected_memory, text, text_token_mask),
         enc_boxes=box_logits.sigmoid(),
     )

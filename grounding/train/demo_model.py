@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from grounding.sam import SAM_VARIANTS, build_sam, load_sam_checkpoint
+from grounding.segmenters.sam import SAM_VARIANTS, build_sam, load_sam_checkpoint
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes
 from grounding.train.eval import evaluate

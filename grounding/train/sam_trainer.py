@@ -1,6 +1,6 @@
 """Training a small SAM on box prompts (the shipped "shapes" segmenter), and its mask-IoU evaluation.
 
-The model is `segment-anything`'s own `Sam` (built by `grounding.sam.build_sam`, official state-dict keys), so
+The model is `segment-anything`'s own `Sam` (built by `grounding.segmenters.sam.build_sam`, official state-dict keys), so
 the result loads through `SamSegmenter.from_pretrained(variant, checkpoint)` like a released checkpoint.
 Each step encodes a batch of images once and decodes every object of each image from its (jittered) box, with
 the SAM paper's losses on the single-mask output: 20 x focal + 1 x dice on the mask, MSE between the predicted

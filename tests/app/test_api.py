@@ -59,7 +59,7 @@ def test_named_endpoints_are_public(client):
     assert ENDPOINTS <= set(info["named_endpoints"])
     segment = info["named_endpoints"]["/segment"]
     names = [p["parameter_name"] for p in segment["parameters"]]
-    assert names == ["image", "prompt", "box_threshold", "text_threshold", "nms_iou", "use_sam", "model"]
+    assert names == ["image", "prompt", "box_threshold", "text_threshold", "nms_iou", "use_sam", "model", "segmenter"]
 
 
 def test_status_is_empty_when_models_load(client):

@@ -80,8 +80,8 @@ def secret(tmp_path_factory) -> Path:
 
 def _arguments(endpoint: str, image) -> list:
     if endpoint == "encode":
-        return [image, "tiny_dino.pth", True]
-    return [image, PROMPT, 1.0, 0.25, 1.0, True, "tiny_dino.pth"]
+        return [image, "tiny_dino.pth", True, None]
+    return [image, PROMPT, 1.0, 0.25, 1.0, True, "tiny_dino.pth", None]
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +149,15 @@ def test_data_url_images_are_held_to_the_upload_limit_and_leave_nothing_on_disk(
 
 def test_malformed_calls_are_answered_with_what_was_wrong(studio_url):
     cases = {
-        "too few inputs": ([None, PROMPT], "takes 7 inputs"),
-        "too many inputs": ([None, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", "extra"], "the call sent 8"),
-        "use_sam as text": ([None, PROMPT, 0.3, 0.25, 1.0, "false", "tiny_dino.pth"], "use_sam"),
-        "prompt as a list": ([None, ["house"], 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "prompt must be text"),
-        "model as a list": ([None, PROMPT, 0.3, 0.25, 1.0, True, ["tiny_dino.pth"]], "model must be a model name"),
-        "image as a string": (["/etc/passwd", PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "Input 1 of /segment (Image)"),
-        "image as a number": ([12, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth"], "Input 1 of /segment (Image)"),
-        "unknown model": ([None, PROMPT, 0.3, 0.25, 1.0, True, "nope"], "not in the list of choices"),
+        "too few inputs": ([None, PROMPT], "takes 8 inputs"),
+        "too many inputs": ([None, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", None, "extra"], "the call sent 9"),
+        "use_sam as text": ([None, PROMPT, 0.3, 0.25, 1.0, "false", "tiny_dino.pth", None], "use_sam"),
+        "prompt as a list": ([None, ["house"], 0.3, 0.25, 1.0, True, "tiny_dino.pth", None], "prompt must be text"),
+        "model as a list": ([None, PROMPT, 0.3, 0.25, 1.0, True, ["tiny_dino.pth"], None], "model must be a model name"),
+        "image as a string": (["/etc/passwd", PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", None],
+                              "Input 1 of /segment (Image)"),
+        "image as a number": ([12, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", None], "Input 1 of /segment (Image)"),
+        "unknown model": ([None, PROMPT, 0.3, 0.25, 1.0, True, "nope", None], "not in the list of choices"),
     }
     for name, (data, words) in cases.items():
         status, body = http_call(studio_url, "segment", data)

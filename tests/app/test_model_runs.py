@@ -44,13 +44,13 @@ class OverlapProbe:
 @pytest.fixture(scope="module")
 def probed_studio(tmp_path_factory, tiny_weights):
     """(url, probe): the studio launched in-process with the probe around every detector and SAM forward."""
-    from app.models import PipelineRegistry
+    from app.models import ModelRegistry
     from app.settings import StudioSettings
     from app.studio import Studio
     from app.ui import build_demo, launch
     from grounding.detector import GroundingDetector
     from grounding.pipeline import GroundedSAM
-    from grounding.sam import SamSegmenter
+    from grounding.segmenters.sam import SamSegmenter
 
     probe = OverlapProbe()
     detector = GroundingDetector.from_pretrained(tiny_weights["detector"], device="cpu", download=False)
@@ -59,7 +59,7 @@ def probed_studio(tmp_path_factory, tiny_weights):
         for name in names:
             setattr(model, name, probe.wrap(getattr(model, name)))
     pipeline = GroundedSAM(detector, segmenter)
-    registry = PipelineRegistry({"probed": lambda: pipeline})
+    registry = ModelRegistry({"probed": lambda: pipeline})
     registry.load_all()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))

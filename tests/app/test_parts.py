@@ -7,7 +7,7 @@ import supervision as sv
 from PIL import Image
 
 from app.images import ImageLoader
-from app.models import PipelineRegistry, resolve_sam
+from app.models import ModelRegistry
 from app.rendering import alt_text, phrase_colours, render, status_html, table_rows
 from app.settings import parse_settings
 from app.studio import OutputFiles
@@ -20,8 +20,8 @@ def test_flags_beat_environment_and_defaults():
     env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "9000", "GROUNDING_DETECTOR": "swinb_cogcoor",
            "GROUNDING_SAM": "vit_l", "GROUNDING_DEVICE": "cuda:1"}
     from_env = parse_settings([], env)
-    assert (from_env.host, from_env.port, from_env.detectors, from_env.sam, from_env.device) == (
-        "0.0.0.0", 9000, ("swinb_cogcoor",), "vit_l", "cuda:1")
+    assert (from_env.host, from_env.port, from_env.detectors, from_env.segmenters, from_env.device) == (
+        "0.0.0.0", 9000, ("swinb_cogcoor",), ("vit_l",), "cuda:1")
     flags = parse_settings(["--port", "7000", "--detector", "a.pth,b.pth", "--detector", "c", "--sam", "none",
                             "--share", "--max-prompt-tokens", "512"], env)
     assert flags.port == 7000 and flags.detectors == ("a.pth", "b.pth", "c") and not flags.sam_enabled
@@ -29,15 +29,19 @@ def test_flags_beat_environment_and_defaults():
     assert parse_settings([], {}).detectors == ("swint_ogc",) and parse_settings([], {}).host == "127.0.0.1"
 
 
-def test_sam_variant_is_read_from_the_checkpoint(tmp_path):
+def test_segmenters_are_named_or_read_from_their_files(tmp_path):
+    from grounding.segmenters import load_segmenter, sam_variant_of
     from tests.fixtures.sam import tiny_sam_checkpoint
 
     path = tiny_sam_checkpoint(tmp_path / "my_sam.pth")
-    assert resolve_sam(str(path), None) == ("tiny", str(path))
-    assert resolve_sam("vit_b", "x.pth") == ("vit_b", "x.pth") and resolve_sam(None, None) == ("auto", None)
-    assert resolve_sam("none", None) == (None, None)
-    with pytest.raises(WeightsUnavailableError, match="neither a SAM variant"):
-        resolve_sam(str(tmp_path / "missing.pth"), None)
+    assert sam_variant_of(path) == "tiny"
+    loaded = load_segmenter(str(path), device="cpu")
+    assert loaded.name == "SAM tiny" and str(path.resolve()) in loaded.model_id
+    settings = parse_settings(["--sam", "vit_b,sam2.1_hiera_tiny", "--sam", "sam_hq_vit_b"], {})
+    assert settings.segmenters == ("vit_b", "sam2.1_hiera_tiny", "sam_hq_vit_b") and settings.sam_enabled
+    for name in ("sam3_huge", str(tmp_path / "missing.pth")):
+        with pytest.raises(WeightsUnavailableError, match="choose one of vit_h, vit_l, vit_b, sam2.1_hiera_tiny"):
+            load_segmenter(name, device="cpu")
 
 
 def test_registry_retries_a_failed_load_only_on_purpose_and_builds_once():
@@ -49,7 +53,7 @@ def test_registry_retries_a_failed_load_only_on_purpose_and_builds_once():
             raise WeightsUnavailableError("put the file in place")
         return "pipeline"
 
-    registry = PipelineRegistry({"m": factory}, retry_after_s=300, clock=lambda: now[0])
+    registry = ModelRegistry({"m": factory}, retry_after_s=300, clock=lambda: now[0])
     assert registry.load_all() == {"m": "put the file in place"} and len(calls) == 1
     for _ in range(5):  # page loads and requests within the retry time answer the error without a new load
         assert registry.load_all() == {"m": "put the file in place"}
@@ -217,3 +221,33 @@ def test_only_files_in_the_upload_folder_are_accepted(tmp_path, monkeypatch):
         data_url_bytes("data:image/png;base64," + "A" * 4000, 1000)
     with pytest.raises(RefusedInput, match="base64"):
         data_url_bytes("data:image/png,raw", 1000)
+
+
+def test_the_studio_offers_every_configured_segmenter(tiny_weights, tmp_path):
+    from app.models import registry_from_settings
+    from app.settings import StudioSettings
+    from app.studio import Studio
+    from tests.fixtures.segmenters import save_tiny
+
+    sam2 = save_tiny("sam2", tmp_path / "tiny_sam2")
+    settings = StudioSettings(device="cpu", detectors=(str(tiny_weights["detector"]),),
+                              segmenters=(str(tiny_weights["sam"]), str(sam2), "sam_hq_vit_b"))
+    registry = registry_from_settings(settings)
+    registry.load_all()
+    registry.segmenters.load_all()  # as app.py does at start: the hub name cannot load offline
+    studio = Studio(registry)
+    assert studio.segmenter_choices() == [("tiny_sam.pth", "tiny_sam.pth"), ("tiny_sam2", "tiny_sam2"),
+                                          ("sam_hq_vit_b — weights missing", "sam_hq_vit_b")]
+    image = tmp_path / "scene.png"
+    picture = Image.new("RGB", (160, 120), (120, 180, 250))
+    picture.paste((200, 90, 60), (20, 30, 90, 100))
+    picture.save(image)
+    from app.uploads import ImageBytes
+
+    data = ImageBytes(image.read_bytes())
+    default = studio.segment(data, "house . tree", 0.0, 0.25, 1.0, True, "tiny_dino.pth")[3]
+    chosen = studio.segment(data, "house . tree", 0.0, 0.25, 1.0, True, "tiny_dino.pth", "tiny_sam2")[3]
+    assert default["model"]["sam"] == "SAM tiny" and chosen["model"]["sam"] == "tiny_sam2"
+    assert [d["box_xyxy"] for d in default["detections"]] == [d["box_xyxy"] for d in chosen["detections"]]
+    assert chosen["model_calls"]["sam_image_encodes"] == 1  # its own embedding, cached apart from SAM's
+    assert studio.choose_segmenter("sam_hq_vit_b") == "tiny_sam.pth"  # unloadable: the working one stays

@@ -14,7 +14,7 @@ from app.studio import Studio
 from app.ui import build_demo
 from grounding.checkpoint import save_checkpoint
 from grounding.errors import WeightsUnavailableError
-from grounding.sam import SAM_VARIANTS, build_sam
+from grounding.segmenters.sam import SAM_VARIANTS, build_sam
 from grounding.shipped import DETECTOR_FILE, SAM_FILE, SHAPES_NAME, load_shapes_pipeline, shapes_available
 from tests.fixtures.dino import tiny_model
 
@@ -58,7 +58,7 @@ def test_missing_bundle_says_how_to_make_it(tmp_path):
 
 def test_studio_offers_the_bundle_and_falls_back_to_it(bundle, offline, monkeypatch):
     monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(bundle))
-    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), sam="vit_b"))
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), segmenters=("vit_b",)))
     assert registry.names == ["swint_ogc", SHAPES_NAME] and registry.default_name == "swint_ogc"
     banner = Studio(registry).banner()  # tries every model
     assert registry.default_name == SHAPES_NAME
@@ -73,7 +73,7 @@ def test_studio_offers_the_bundle_and_falls_back_to_it(bundle, offline, monkeypa
 
 def test_no_bundle_no_menu_entry(offline, monkeypatch, tmp_path):
     monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(tmp_path / "empty"))
-    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), sam="vit_b"))
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=("swint_ogc",), segmenters=("vit_b",)))
     assert registry.names == ["swint_ogc"]
     assert "cannot detect anything" in Studio(registry).banner()
 
@@ -82,12 +82,12 @@ def test_a_user_model_named_shapes_is_not_replaced(bundle, offline, monkeypatch,
     monkeypatch.setenv("GROUNDING_SHAPES_DIR", str(bundle))
     own = tmp_path / "shapes"
     own.mkdir()
-    registry = registry_from_settings(StudioSettings(device="cpu", detectors=(str(own),), sam="none"))
+    registry = registry_from_settings(StudioSettings(device="cpu", detectors=(str(own),), segmenters=("none",)))
     assert registry.names == [SHAPES_NAME]  # the user's folder keeps the name; the bundle is not added over it
 
 
 def test_only_an_extra_model_failing_gives_a_mild_note(bundle, offline, monkeypatch, tmp_path):
-    from app.models import PipelineRegistry
+    from app.models import ModelRegistry
     from grounding.errors import WeightsUnavailableError
 
     broken = tmp_path / "broken"
@@ -97,7 +97,7 @@ def test_only_an_extra_model_failing_gives_a_mild_note(bundle, offline, monkeypa
     def fails():
         raise WeightsUnavailableError("bundle incomplete")
 
-    registry = PipelineRegistry({"main": lambda: load_shapes_pipeline("cpu", directory=bundle), SHAPES_NAME: fails})
+    registry = ModelRegistry({"main": lambda: load_shapes_pipeline("cpu", directory=bundle), SHAPES_NAME: fails})
     banner = Studio(registry).banner()
     assert registry.default_name == "main"
     assert banner.startswith("ℹ️ shapes: weights missing; **main** is in use.") and "bundle incomplete" in banner

@@ -15,7 +15,7 @@ from transformers.models.grounding_dino import modeling_grounding_dino as hf
 
 from grounding.config import swint_ogc, tiny
 from grounding.keymap import TRANSFORMERS_INVERSE_SIGMOID_EPS
-from grounding.model.decoder import MLP, Decoder, contrastive_logits, inverse_sigmoid
+from grounding.model.decoder import MLP, ContrastiveHead, Decoder, contrastive_logits, inverse_sigmoid
 from grounding.model.encoder import (
     FeatureEnhancer,
     MultiScaleDeformableAttention,
@@ -205,7 +205,8 @@ def test_encoder_matches_transformers():
 def decoder_pair(seed: int):
     c = CFG
     ours = randomize(Decoder(c.decoder_layers, c.d_model, c.decoder_ffn_dim, c.num_heads, c.num_feature_levels,
-                             c.decoder_n_points, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS), seed)
+                             c.decoder_n_points, inverse_sigmoid_eps=TRANSFORMERS_INVERSE_SIGMOID_EPS,
+                             inverse_sigmoid_form="logit"), seed)
     box_head = randomize(MLP(c.d_model, c.d_model, 4, 3), seed + 1)
     ours.bbox_embed = torch.nn.ModuleList([box_head] * c.decoder_layers)
     reference = hf.GroundingDinoDecoder(hf_config()).eval()
@@ -238,15 +239,27 @@ def test_decoder_matches_transformers():
 
 
 @pytest.mark.parametrize("eps", [1e-3, TRANSFORMERS_INVERSE_SIGMOID_EPS])  # official, transformers
-def test_inverse_sigmoid_clamps_at_eps(eps):
+def test_inverse_sigmoid_logit_form_clamps_x_at_eps(eps):
     x = torch.tensor([0.0, 1e-6, 0.3, 1 - 1e-6, 1.0], dtype=torch.float64)
     low, high = math.log(eps / (1 - eps)), math.log((1 - eps) / eps)
     expected = torch.tensor([low, low, math.log(0.3 / 0.7), high, high], dtype=torch.float64)
-    assert torch.allclose(inverse_sigmoid(x, eps), expected, atol=1e-9)
+    assert torch.allclose(inverse_sigmoid(x, eps, "logit"), expected, atol=1e-9)
+
+
+def test_inverse_sigmoid_ratio_form_is_the_originals():
+    """The original code and mmdet: log(max(x, eps) / max(1 - x, eps)) after clamping x to [0, 1]."""
+    eps = 1e-3
+    x = torch.tensor([-0.5, 0.0, 1e-6, 0.3, 1 - 1e-6, 1.0, 1.5], dtype=torch.float64)
+    clamped = x.clamp(0, 1)
+    expected = torch.log(clamped.clamp(min=eps) / (1 - clamped).clamp(min=eps))
+    assert torch.allclose(inverse_sigmoid(x, eps), expected, atol=1e-12)
+    assert inverse_sigmoid(x, eps)[1].item() == pytest.approx(math.log(eps))  # not log(eps / (1 - eps))
+    assert (inverse_sigmoid(x, eps) - inverse_sigmoid(x, eps, "logit")).abs().max() < 1.01e-3  # near 0 and 1 only
 
 
 def test_official_clamp_is_the_default():
     assert tiny().inverse_sigmoid_eps == swint_ogc().inverse_sigmoid_eps == 1e-3
+    assert tiny().inverse_sigmoid_form == swint_ogc().inverse_sigmoid_form == "ratio"
 
 
 def test_contrastive_logits_match_transformers():
@@ -279,7 +292,8 @@ def test_query_selection_matches_transformers():
         assert (reference.enc_output_norm(reference.enc_output(masked)) - ref_memory).abs().max() < 1e-6
 
         selection = select_queries(memory, padding, SHAPES, text, token_mask, reference.enc_output,
-                                   reference.enc_output_norm, box_head, CFG.num_queries, config.max_text_len)
+                                   reference.enc_output_norm, box_head, ContrastiveHead(config.max_text_len),
+                                   CFG.num_queries)
         scores = contrastive_logits(ref_memory, text, token_mask, 256).max(-1).values
         top = scores.topk(CFG.num_queries, dim=1).indices
         ref_boxes = torch.gather(box_head(ref_memory) + ref_proposals, 1, top[..., None].expand(-1, -1, 4))

@@ -13,7 +13,7 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 
 from grounding.errors import CheckpointMismatchError, WeightsUnavailableError
-from grounding.sam import (
+from grounding.segmenters.sam import (
     SAM_VARIANTS,
     SamSegmenter,
     build_sam,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding.sam import SAM_VARIANTS, SamSegmenter, build_sam
+from grounding.segmenters.sam import SAM_VARIANTS, SamSegmenter, build_sam
 from grounding.train.sam_trainer import (
     SAM_FINAL_WEIGHTS,
     SAM_LAST_CHECKPOINT,

@@ -1,4 +1,4 @@
-"""The SAM stage: boxes -> masks with the `segment-anything` package.
+"""SAM (Kirillov et al. 2023) as a box -> mask stage, with the `segment-anything` package.
 
 Variants are small dataclass configs in one registry (`SAM_VARIANTS`): the three official ones (`vit_b`,
 `vit_l`, `vit_h`, Kirillov et al. 2023) and `tiny`, a few-hundred-kB model built from the same
@@ -34,13 +34,12 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from tqdm.auto import tqdm
 
 from grounding.errors import CheckpointMismatchError, WeightsUnavailableError
+from grounding.segmenters.base import DECODE_MEMORY_BUDGET, SamMasks, best_of, boxes_per_call, no_masks
 
 SAM_CHECKPOINT_ENV = "SAM_CHECKPOINT"
 CACHE_DIR_ENV = "GROUNDING_CACHE_DIR"
 OFFLINE_ENVS = ("GROUNDING_OFFLINE", "HF_HUB_OFFLINE")
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything/{file_name}"
-# Largest float mask tensor one decoder call may produce (full-resolution upsampled logits), in bytes.
-DECODE_MEMORY_BUDGET = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -259,14 +258,6 @@ class SamEmbedding:
         return self.features.numel() * self.features.element_size()
 
 
-@dataclass(frozen=True)
-class SamMasks:
-    """Masks for N boxes of one image."""
-
-    masks: np.ndarray  # [N, H, W] bool at the original resolution
-    iou_scores: np.ndarray  # [N] float32, SAM's predicted IoU of the kept mask
-
-
 @dataclass
 class SamSegmenter:
     """A loaded SAM, split into a cacheable image encoder and a batched box decoder. Thread-safe."""
@@ -321,7 +312,7 @@ class SamSegmenter:
         """
         height, width = embedding.original_size
         if len(boxes) == 0:
-            return SamMasks(np.zeros((0, height, width), bool), np.zeros((0,), np.float32))
+            return no_masks(height, width)
         predictor = SamPredictor(self.model)
         # Bind the cached embedding to this call's own predictor (no state shared between requests).
         predictor.features = embedding.features.to(self.device)
@@ -330,15 +321,12 @@ class SamSegmenter:
         predictor.is_image_set = True
         box_tensor = torch.as_tensor(np.asarray(boxes, np.float32), device=self.device)  # [N, 4]
         box_tensor = predictor.transform.apply_boxes_torch(box_tensor, embedding.original_size)
-        candidates = 3 if multimask else 1
-        per_call = max(1, memory_budget // (height * width * candidates * 4))
         masks, scores = [], []
-        for chunk in box_tensor.split(per_call):
+        for chunk in box_tensor.split(boxes_per_call(height, width, 3 if multimask else 1, memory_budget)):
             chunk_masks, iou, _ = predictor.predict_torch(
                 point_coords=None, point_labels=None, boxes=chunk, multimask_output=multimask
             )  # masks [n, K, H, W] bool, iou [n, K]; K = 3 with multimask else 1
-            best = iou.argmax(dim=1)  # [n]
-            rows = torch.arange(len(best), device=best.device)
-            masks.append(chunk_masks[rows, best].cpu().numpy())
-            scores.append(iou[rows, best].float().cpu().numpy())
+            kept, kept_iou = best_of(chunk_masks, iou)
+            masks.append(kept)
+            scores.append(kept_iou)
         return SamMasks(masks=np.concatenate(masks), iou_scores=np.concatenate(scores))
