@@ -21,6 +21,7 @@ from grounding.cache import PipelineCaches
 from grounding.checkpoint import display_name
 from grounding.errors import GroundingError, WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
+from grounding.precision import resolve_precision
 from grounding.segmenters import load_segmenter
 from grounding.segmenters.sam import default_sam_variant
 from grounding.shipped import SHAPES_NAME, load_shapes_pipeline, shapes_available
@@ -136,6 +137,7 @@ def registry_from_settings(settings: StudioSettings) -> ModelRegistry:
     from grounding.detector import GroundingDetector
 
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(settings.precision, device)
     caches = PipelineCaches()
     run_lock = threading.Lock()
     segmenters = None
@@ -149,7 +151,7 @@ def registry_from_settings(settings: StudioSettings) -> ModelRegistry:
 
     def factory(spec: str) -> PipelineFactory:
         if spec == SHAPES_NAME:  # the shipped demo bundle brings its own SAM
-            return lambda: load_shapes_pipeline(device, caches, run_lock=run_lock)
+            return lambda: load_shapes_pipeline(device, caches, run_lock=run_lock, precision=precision)
 
         def build() -> GroundedSAM:
             # Try both models, so the page names everything that is missing at once.
@@ -164,7 +166,7 @@ def registry_from_settings(settings: StudioSettings) -> ModelRegistry:
                 problems.append(f"SAM: {error} (or start with `--sam none` for boxes only)")
             if problems:
                 raise WeightsUnavailableError("\n".join(problems))
-            return GroundedSAM(detector, sam, caches=caches, run_lock=run_lock)
+            return GroundedSAM(detector, sam, caches=caches, run_lock=run_lock, precision=precision)
 
         return build
 

@@ -53,9 +53,10 @@ def missing_phrase_hints(result: GroundedResult, box_threshold: float) -> list[s
     return hints
 
 
-def status_html(result: GroundedResult, seconds: float, box_threshold: float) -> str:
-    """"3 objects · 0.36 s", a chip per class with its colour and count (prompt phrases without a box in grey),
-    and a hint per phrase without a box; `data-alt` holds the picture's alt text (the page copies it over)."""
+def status_html(result: GroundedResult, seconds: float, box_threshold: float, precision: str | None = None) -> str:
+    """"3 objects · 0.36 s · bf16", a chip per class with its colour and count (prompt phrases without a box in
+    grey), and a hint per phrase without a box; `data-alt` holds the picture's alt text (the page copies it over).
+    `precision`: the pipeline's numeric precision (grounding.precision), shown after the time."""
     counts = Counter(result.phrases)
     chips = []
     for phrase, colour in phrase_colours(result).items():
@@ -68,7 +69,10 @@ def status_html(result: GroundedResult, seconds: float, box_threshold: float) ->
     hints = "".join(f"<li>{html.escape(hint)}</li>" for hint in missing_phrase_hints(result, box_threshold))
     return (
         f'<div class="gsam-legend" data-alt="{html.escape(alt_text(result))}"><b class="gsam-count">{total} '
-        f'object{"" if total == 1 else "s"} · {seconds:.2f} s</b>{"".join(chips)}</div>'
+        f'object{"" if total == 1 else "s"} · {seconds:.2f} s</b>'
+        + (f'<span class="gsam-precision" title="numeric precision of the models"> · {html.escape(precision)}</span>'
+           if precision else "")
+        + f'{"".join(chips)}</div>'
         + (f'<ul class="gsam-hints">{hints}</ul>' if hints else "")
     )
 
@@ -122,6 +126,6 @@ def details_markdown(timings_ms: dict[str, float], model: dict[str, Any], cache:
     return (
         f"**{timings_ms.get('server', 0.0):.0f} ms** on the server: {stages} ms  \n"
         f"models: {model.get('detector')} + {model.get('sam') or 'no SAM'} · device `{model.get('device')}` · "
-        f"deformable attention `{model.get('deform_attn_backend')}`  \n"
+        f"precision `{model.get('precision')}` · deformable attention `{model.get('deform_attn_backend')}`  \n"
         f"{hits or 'nothing cached yet'}"
     )

@@ -11,6 +11,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
+from grounding.precision import CHOICES as PRECISION_CHOICES
+from grounding.precision import resolve_precision
+
 
 @dataclass(frozen=True)
 class HostingLimits:
@@ -47,6 +52,7 @@ class StudioSettings:
     segmenters: tuple[str, ...] = ()
     sam_checkpoint: str | None = None  # local SAM weights for a SAM variant
     max_prompt_tokens: int = 1024  # longer prompts are refused with a message (batch CLI has no limit)
+    precision: str = "auto"  # grounding.precision: auto | fp32 | bf16 | fp16
     limits: HostingLimits = HostingLimits()
 
     @property
@@ -79,6 +85,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
                              "(env GROUNDING_SAM; default vit_h on GPU, vit_b on CPU)")
     parser.add_argument("--sam-checkpoint", default=env.get("SAM_CHECKPOINT") or None,
                         help="local SAM weights file for the variant (env SAM_CHECKPOINT)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES,
+                        default=env.get("GROUNDING_PRECISION") or "auto",
+                        help="numeric precision of the models: auto = bf16 on GPUs that have it and on CPUs that run "
+                             "it natively (AVX512-BF16/AMX), fp16 on older GPUs, fp32 otherwise (env GROUNDING_PRECISION)")
     parser.add_argument("--max-prompt-tokens", type=int,
                         default=int(env.get("GROUNDING_MAX_PROMPT_TOKENS", "1024")),
                         help="longest prompt the studio runs, in BERT tokens; each 256 is one more model pass "
@@ -109,6 +119,11 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
         )
     except ValueError as error:
         parser.error(str(error))
+    try:  # a bad $GROUNDING_PRECISION (argparse checks only the flag), fp16 on a CPU; "auto" always resolves
+        if args.precision != "auto":
+            resolve_precision(args.precision, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except ValueError as error:
+        parser.error(str(error))
     detector_specs = args.detector or [env.get("GROUNDING_DETECTOR") or "swint_ogc"]
     detectors = tuple(name.strip() for spec in detector_specs for name in spec.split(",") if name.strip())
     if not detectors:
@@ -124,6 +139,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
         segmenters=segmenters,
         sam_checkpoint=args.sam_checkpoint,
         max_prompt_tokens=args.max_prompt_tokens,
+        precision=args.precision,
         limits=limits,
     )
 

@@ -300,7 +300,7 @@ class Studio:
             "same_phrase_nms_iou": SAME_PHRASE_NMS_IOU,
             "masks": bool(use_sam),
             "models": {**pipeline.describe(), "detector": self._model_name(model)},
-            "precision": str(getattr(getattr(pipeline.detector, "model", None), "dtype", "float32")).replace("torch.", ""),
+            "precision": pipeline.precision,
             "studio_version": grounding.__version__,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -314,9 +314,10 @@ class Studio:
         if not request.complete:
             return gr.skip(), gr.skip()
         start = time.perf_counter()
-        result, _ = self._run(self._pipeline(request), request)
+        pipeline = self._pipeline(request)
+        result, _ = self._run(pipeline, request)
         picture = self._picture(request.image, result, mask_areas(result))
-        return picture, status_html(result, time.perf_counter() - start, request.box_threshold)
+        return picture, status_html(result, time.perf_counter() - start, request.box_threshold, pipeline.precision)
 
     @user_errors
     def show(self, *inputs: Any) -> tuple[Any, ...]:
@@ -370,7 +371,7 @@ class Studio:
         )
         return (
             picture,
-            status_html(result, timings_ms["server"] / 1000, request.box_threshold),
+            status_html(result, timings_ms["server"] / 1000, request.box_threshold, pipeline.precision),
             {"headers": TABLE_HEADERS, "data": table_rows(result, areas)},
             summary,
             details_markdown(timings_ms, model_info, result.cache),

@@ -61,12 +61,15 @@ def threshold_for_top(scores: np.ndarray, k: int) -> float:
     return float(ordered[min(k, len(ordered)) - 1] - 1e-6) if len(ordered) else 0.0
 
 
-def bench_ours(image: np.ndarray, boxes: int, slider_repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+def bench_ours(
+    image: np.ndarray, boxes: int, slider_repeats: int, precision: str = "auto"
+) -> tuple[dict[str, float], dict[str, int]]:
     """Times per action and the number of masks each action returned (the baseline decodes as many)."""
     from grounding.config import swint_ogc
     from grounding.detector import GroundingDetector
     from grounding.model import GroundingDINO
     from grounding.pipeline import GroundedSAM
+    from grounding.precision import resolve_precision
     from grounding.segmenters.sam import SAM_VARIANTS, SamSegmenter, build_sam
     from grounding.text import load_tokenizer
 
@@ -77,7 +80,8 @@ def bench_ours(image: np.ndarray, boxes: int, slider_repeats: int) -> tuple[dict
         model.transformer.decoder.norm.bias.mul_(DECODER_NORM_SCALE)
     detector = GroundingDetector(model, load_tokenizer(), "cpu")
     segmenter = SamSegmenter(build_sam(SAM_VARIANTS["vit_b"]), "sam-vit_b:random")
-    pipeline = GroundedSAM(detector, segmenter)
+    pipeline = GroundedSAM(detector, segmenter, precision=resolve_precision(precision, "cpu"))
+    print(f"  ours: precision {pipeline.precision} (asked: {precision})")
     warm = picture(128, 192, seed=99)  # first-call overheads off the clock
     warm_boxes = pipeline.detect(warm, "warm up .", 0.0, 0.0).boxes[:2]
     segmenter.decode_boxes(segmenter.encode_image(warm), warm_boxes)
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--slider-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (grounding.precision)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,17 +183,17 @@ def main() -> None:
           f"{args.boxes} boxes; Swin-T Grounding DINO + SAM vit_b, random weights")
 
     print("ours (GroundedSAM, caches):")
-    ours, counts = bench_ours(image, args.boxes, args.slider_repeats)
+    ours, counts = bench_ours(image, args.boxes, args.slider_repeats, args.precision)
     gc.collect()
     baseline = None
     if not args.skip_baseline:
         print("baseline (transformers GroundingDinoForObjectDetection + SamPredictor, no caches):")
         baseline = bench_baseline(image, counts)
 
-    print(f"\n{'action':<14}{'ours':>12}{'baseline':>12}{'speed-up':>10}")
+    print(f"\n{'action':<14}{'ours':>12}{'baseline':>12}{'speed-up':>10}{'ratio':>8}")
     for action, seconds in ours.items():
         base = baseline[action] if baseline else float("nan")
-        print(f"{action:<14}{seconds:>11.3f}s{base:>11.3f}s{base / seconds:>9.1f}x")
+        print(f"{action:<14}{seconds:>11.3f}s{base:>11.3f}s{base / seconds:>9.1f}x{seconds / base:>8.3f}")
     ratio = ours["new prompt"] / ours["new image"]
     print(f"\nslider move {ours['slider move'] * 1000:.1f} ms (target < 50 ms): "
           f"{'met' if ours['slider move'] < 0.05 else 'MISSED'}")

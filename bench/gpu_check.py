@@ -377,6 +377,33 @@ def time_model(report: Report, device: torch.device, image_hw: tuple[int, int], 
             report.check("model", "target >= 4x transformers fp32", best_speedup >= 4.0, f"{best}: {best_speedup:.2f}x")
 
 
+def time_sam(report: Report, device: torch.device, iters: int, tiny: bool) -> None:
+    """SAM's image encoder (random vit_b, or the tiny variant): the package's attention vs ours through SDPA, in
+    fp32 and under the bf16 / fp16 autocast of the precision policy; the SDPA embedding's distance to the package's."""
+    import copy
+
+    from grounding.precision import inference_precision
+    from grounding.segmenters.sam import SAM_VARIANTS, build_sam, use_sdpa_attention
+
+    variant = SAM_VARIANTS["tiny" if tiny else "vit_b"]
+    torch.manual_seed(0)
+    package = build_sam(variant).to(device)
+    for name, parameter in package.image_encoder.named_parameters():
+        if "rel_pos" in name:
+            parameter.data.normal_(0, 0.1)
+    sdpa = use_sdpa_attention(copy.deepcopy(package))
+    pixels = torch.randn(1, 3, variant.img_size, variant.img_size, device=device)
+    with torch.inference_mode():
+        diff = (sdpa.image_encoder(pixels) - package.image_encoder(pixels)).abs().max().item()
+    report.check("sam", f"{variant.name} sdpa vs package fp32 max|diff|", diff <= 1e-4, f"{diff:.2e}")
+    for precision in ("fp32", "bf16", "fp16"):
+        for label, model in (("package", package), ("sdpa", sdpa)):
+            def run(model=model, precision=precision):
+                with inference_precision(device, precision):
+                    model.image_encoder(pixels)
+            report.add("sam", f"{variant.name} encoder {label} {precision}", time_ms(run, device, max(1, iters // 4)), " ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the script runs")
@@ -384,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--skip-model", action="store_true", help="only the op sections")
     parser.add_argument("--skip-op", action="store_true", help="only the build and the detector section")
+    parser.add_argument("--skip-sam", action="store_true", help="no SAM image encoder section")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model) in bf16 (slow)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -407,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_model:
         print("4. detector timing", flush=True)
         time_model(report, device, image_hw, iters, tiny=args.dry_run, compile_model=args.compile)
+    if not args.skip_sam:
+        print("5. SAM image encoder timing", flush=True)
+        time_sam(report, device, iters, tiny=args.dry_run)
     report.add("total", "seconds", time.perf_counter() - start, " s")
 
     print()

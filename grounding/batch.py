@@ -19,6 +19,7 @@ from grounding.errors import GroundingError
 from grounding.export import coco_dataset, write_mask_pngs
 from grounding.images import load_image
 from grounding.pipeline import GroundedResult, GroundedSAM, check_nms_iou
+from grounding.precision import CHOICES as PRECISION_CHOICES
 from grounding.segmenters import SEGMENTER_NAMES
 from grounding.postprocess import check_threshold
 from grounding.text import normalize_caption, split_phrases
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"(boxes only)")
     parser.add_argument("--sam-checkpoint", type=Path, default=None, help="local SAM .pth (skips the download)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="auto = bf16 where the device runs it natively, fp16 on older GPUs, else fp32")
     parser.add_argument("--box-threshold", type=float, default=0.35)
     parser.add_argument("--text-threshold", type=float, default=0.25)
     parser.add_argument("--nms-iou", type=float, default=None, help="class-agnostic NMS IoU (default off)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace, pipeline: GroundedSAM | None = None) -> int:
         if pipeline is None:
             sam = None if args.sam.lower() == "none" else args.sam
             pipeline = GroundedSAM.from_names(
-                args.detector, sam=sam, device=args.device, sam_checkpoint=args.sam_checkpoint,
+                args.detector, sam=sam, device=args.device, sam_checkpoint=args.sam_checkpoint, precision=args.precision,
                 download=not args.no_download,
             )
     except GroundingError as err:

@@ -131,6 +131,8 @@ class GroundingDetector:
             loaded.to_pil(), self.shortest_side, self.longest_side
         )
         features = self.model.encode_image(pixel_values.to(self.device), pixel_mask.to(self.device))
+        # fp32 whatever the image encoder ran in: the text side may run in another precision (grounding.precision)
+        features = features.to(self.device, torch.float32)
         return ImageEncoding(
             features=features,
             image_size=loaded.original_size,

@@ -50,6 +50,7 @@ def load_shapes_pipeline(
     caches: PipelineCaches | None = None,
     directory: Path | None = None,
     run_lock: threading.Lock | None = None,
+    precision: str = "fp32",
 ) -> GroundedSAM:
     """The shipped detector + SAM as one `GroundedSAM`; WeightsUnavailableError if the files are not there."""
     directory = directory or shapes_dir()
@@ -61,7 +62,7 @@ def load_shapes_pipeline(
     detector = GroundingDetector.from_pretrained(directory / DETECTOR_FILE, device=device, download=False)
     segmenter = SamSegmenter.from_pretrained(SAM_VARIANT, checkpoint=directory / SAM_FILE, device=device, download=False)
     detector.name = segmenter.name = SHAPES_NAME
-    return GroundedSAM(detector, segmenter, caches=caches, run_lock=run_lock)
+    return GroundedSAM(detector, segmenter, caches=caches, run_lock=run_lock, precision=precision)
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -33,11 +33,12 @@ class ImageFeatures:
     masks: list[torch.Tensor]
     pos: list[torch.Tensor]
 
-    def to(self, device: torch.device | str) -> "ImageFeatures":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "ImageFeatures":
+        """On `device`; the features and position embeddings (not the masks) in `dtype` if given."""
         return ImageFeatures(
-            features=[t.to(device) for t in self.features],
+            features=[t.to(device, dtype) for t in self.features],
             masks=[t.to(device) for t in self.masks],
-            pos=[t.to(device) for t in self.pos],
+            pos=[t.to(device, dtype) for t in self.pos],
         )
 
     @property

@@ -116,6 +116,8 @@ class TransformersSegmenter:
             embedding, intermediate = self.model.get_image_embeddings(pixel_values)
             features = (embedding, *intermediate)
             reshaped = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
+        # the decoder's dtype, whatever precision the encoder ran in (grounding.precision: decoding stays fp32)
+        features = tuple(feature.to(self.model.dtype) for feature in features)
         return TransformersEmbedding(features, tuple(int(v) for v in inputs["original_sizes"][0]), reshaped)
 
     @torch.inference_mode()

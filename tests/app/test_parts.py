@@ -27,6 +27,16 @@ def test_flags_beat_environment_and_defaults():
     assert flags.port == 7000 and flags.detectors == ("a.pth", "b.pth", "c") and not flags.sam_enabled
     assert flags.share and flags.max_prompt_tokens == 512
     assert parse_settings([], {}).detectors == ("swint_ogc",) and parse_settings([], {}).host == "127.0.0.1"
+    assert parse_settings([], {}).precision == "auto" and parse_settings([], {"GROUNDING_PRECISION": "bf16"}).precision == "bf16"
+    assert parse_settings(["--precision", "fp32"], {"GROUNDING_PRECISION": "bf16"}).precision == "fp32"
+
+
+@pytest.mark.parametrize("argv, env", [([], {"GROUNDING_PRECISION": "half"}), (["--precision", "int8"], {}),
+                                       (["--precision", "fp16", "--device", "cpu"], {})])
+def test_bad_precision_is_a_usage_error(argv, env, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(argv, env)
+    assert exited.value.code == 2 and "precision" in capsys.readouterr().err
 
 
 def test_segmenters_are_named_or_read_from_their_files(tmp_path):
@@ -95,8 +105,8 @@ def test_colours_follow_the_prompt_order_in_picture_and_status():
     palette = sv.ColorPalette.DEFAULT
     assert colours == {"cat": palette.by_idx(0).as_hex(), "dog": palette.by_idx(1).as_hex(),
                        "bird": palette.by_idx(2).as_hex()}
-    status = status_html(_result(masks), 0.36, box_threshold=0.35)
-    assert "2 objects · 0.36 s" in status and "bird <b>×0</b>" in status and colours["cat"] in status
+    status = status_html(_result(masks), 0.36, box_threshold=0.35, precision="bf16")
+    assert "2 objects · 0.36 s" in status and "· bf16</span>" in status and "bird <b>×0</b>" in status and colours["cat"] in status
     assert "no box for &#x27;bird&#x27; (best score 0.21 — lower the box threshold to see it)" in status
     assert alt_text(_result(masks)) == "2 objects: cat ×1, dog ×1, bird ×0"
     picture = render(np.zeros((20, 20, 3), np.uint8), _result(masks))

@@ -1,6 +1,7 @@
 """SAM stage: variants match segment_anything's builders, official-format loading, download, batched decode."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import http.server
 import socket
@@ -16,10 +17,12 @@ from grounding.errors import CheckpointMismatchError, WeightsUnavailableError
 from grounding.segmenters.sam import (
     SAM_VARIANTS,
     SamSegmenter,
+    SdpaAttention,
     build_sam,
     default_sam_variant,
     download_checkpoint,
     resolve_sam_checkpoint,
+    use_sdpa_attention,
 )
 from tests.fixtures.sam import tiny_sam
 
@@ -165,3 +168,36 @@ def test_no_boxes_gives_empty_masks(tiny_segmenter):
     embedding = tiny_segmenter.encode_image(np.zeros((40, 60, 3), np.uint8))
     out = tiny_segmenter.decode_boxes(embedding, np.zeros((0, 4), np.float32))
     assert out.masks.shape == (0, 40, 60)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "shapes"])
+@pytest.mark.parametrize("bias_bytes", [None, 7 * 2 * 256 * 4])  # default; 7 query rows per mask chunk
+def test_sdpa_attention_equals_the_package_attention(variant, bias_bytes, monkeypatch):
+    torch.manual_seed(1)
+    package = build_sam(SAM_VARIANTS[variant])
+    for name, parameter in package.image_encoder.named_parameters():
+        if "rel_pos" in name:  # zeros at init: give the relative positions something to do
+            parameter.data.normal_(0, 0.5)
+    swapped = use_sdpa_attention(copy.deepcopy(package))
+    assert sum(isinstance(m, SdpaAttention) for m in swapped.image_encoder.modules()) == SAM_VARIANTS[variant].encoder_depth
+    assert not any(isinstance(m, SdpaAttention) for m in package.image_encoder.modules())
+    if bias_bytes:
+        monkeypatch.setattr(SdpaAttention, "BIAS_BYTES", bias_bytes)
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        expected, actual = package.image_encoder(pixels), swapped.image_encoder(pixels)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+
+
+def test_shipped_sam_embeddings_are_the_same_through_sdpa():
+    from grounding.shipped import SAM_FILE, shapes_dir
+
+    loaded = {
+        sdpa: SamSegmenter.from_pretrained("shapes", checkpoint=shapes_dir() / SAM_FILE, device="cpu", sdpa_attention=sdpa)
+        for sdpa in (False, True)
+    }
+    picture = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8)
+    with torch.inference_mode():
+        package, sdpa = (loaded[flag].encode_image(picture).features for flag in (False, True))
+    torch.testing.assert_close(sdpa, package, atol=1e-4, rtol=0)

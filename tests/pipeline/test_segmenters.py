@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from grounding.cache import image_key
 from grounding.errors import WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
 from grounding.segmenters import SEGMENTER_NAMES, load_segmenter
@@ -57,6 +58,18 @@ def test_the_pipeline_caches_the_embedding(family_and_segmenter, tiny_detector, 
     again = pipeline.segment(photo, "red box . blue box", box_threshold=0.0, nms_iou=0.5)
     assert pipeline.stats.sam_image_encodes == 1 and first.masks.shape[1:] == photo.shape[:2]
     assert again.cache["masks"] and pipeline.describe()["sam"] == f"tiny_{family}"
+
+
+def test_bf16_policy_runs_the_encoder_in_bf16_and_decodes_in_fp32(family_and_segmenter, tiny_detector, photo):
+    family, segmenter = family_and_segmenter
+    fp32 = GroundedSAM(tiny_detector, segmenter, precision="fp32").segment(photo, "red box . blue box", box_threshold=0.0)
+    bf16_pipeline = GroundedSAM(tiny_detector, segmenter, precision="bf16")
+    bf16 = bf16_pipeline.segment(photo, "red box . blue box", box_threshold=0.0)
+    assert np.array_equal(fp32.boxes, bf16.boxes)  # the detector stays fp32
+    embedding = bf16_pipeline.caches.sam_embeddings.get((bf16_pipeline.segmenter_id, image_key(photo)))
+    assert all(feature.dtype == torch.float32 for feature in embedding.features)
+    agreement = np.mean([np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1) for a, b in zip(fp32.masks, bf16.masks)])
+    assert agreement > 0.9, (family, agreement)
 
 
 def test_names_and_offline_errors(tmp_path):
