@@ -11,6 +11,7 @@ wrong and what to do. The browser side is unchanged: `is_template` keeps the par
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from gradio.data_classes import ImageData
@@ -67,4 +68,23 @@ class ThresholdSlider(gr.Slider):
     is_template = True
 
     def preprocess(self, payload: float) -> float:
+        return payload
+
+
+class RawText(gr.Textbox):
+    """`gr.Textbox` (hidden, an API parameter) whose value reaches the event function as sent; the app checks it."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class RawNumber(gr.Number):
+    """`gr.Number` (hidden, an API parameter) whose value reaches the event function as sent (Gradio would turn a
+    wrong kind into a bare error); the app checks it."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
         return payload

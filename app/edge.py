@@ -3,7 +3,8 @@
 - `RequestBodyLimit`: an ASGI middleware that refuses request bodies over a byte limit (413) while they are
   received, so no call (JSON or an upload) carries more than one image's worth into memory; and JSON bodies
   holding more than `max_json_items` objects, arrays or values, which cost a hundred times their size to parse
-  (a 10 MB body of `{},` took 700 MB), while a data: URL, one long string, costs little.
+  (a 10 MB body of `{},` took 700 MB), while a data: URL, one long string, costs little. 100,000 items parse
+  in ~10 MB; an API call needs a few hundred (10,000 clicks, which the app then refuses by name, need 40,000).
 - `StudioBlocks`: `gr.Blocks` whose input preprocessing turns Gradio's own refusals (too few inputs, a value
   its data model rejects, a file path outside the upload folder) into a message for the caller; Gradio would
   answer `{"error": null}` and keep the reason in the log.
@@ -28,7 +29,7 @@ class RequestBodyLimit:
     """Refuse HTTP request bodies over `max_bytes` with 413, judged from Content-Length and while streaming, and
     JSON bodies with more than `max_json_items` structural characters ({ [ ,)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_json_items: int = 20_000) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_items: int = 100_000) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_json_items = max_json_items
@@ -84,7 +85,9 @@ class StudioBlocks(gr.Blocks):
     """`gr.Blocks` whose refusals of malformed inputs reach the caller as a message."""
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
-        if len(inputs) > len(block_fn.inputs):
+        if len(inputs) == len(_visible_inputs(block_fn)) < len(block_fn.inputs):
+            inputs = _with_state_slots(block_fn, inputs)  # a raw HTTP call need not know of the session's State
+        if len(inputs) != len(block_fn.inputs):
             raise gr.Error(malformed_message(block_fn, inputs), title="Malformed request", print_exception=False)
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
@@ -98,22 +101,34 @@ class StudioBlocks(gr.Blocks):
             raise gr.Error(malformed_message(block_fn, inputs), title="Malformed request", print_exception=False) from None
 
 
+def _visible_inputs(block_fn: Any) -> list[Any]:
+    """The inputs a caller sends: all but session State (Gradio fills that in; gradio_client sends None for it)."""
+    return [block for block in block_fn.inputs if not block.stateful]
+
+
+def _with_state_slots(block_fn: Any, inputs: list[Any]) -> list[Any]:
+    """`inputs` (the visible ones, in order) with None where a State input goes."""
+    given = iter(inputs)
+    return [None if block.stateful else next(given) for block in block_fn.inputs]
+
+
 def malformed_message(block_fn: Any, inputs: list[Any]) -> str:
-    """Which input of the call was not in a form the endpoint takes, by name."""
-    names = [_input_name(block) for block in block_fn.inputs]
+    """Which input of the call was not in a form the endpoint takes, by name (session State not counted)."""
+    visible = _visible_inputs(block_fn)
+    names = [_input_name(block) for block in visible]
     endpoint = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
-    if len(inputs) != len(names):
+    if len(inputs) != len(block_fn.inputs):
         takes = f"{len(names)} inputs ({', '.join(names)})" if names else "no inputs"
         return f"{endpoint} takes {takes}; the call sent {len(inputs)}."
     for index, (block, value) in enumerate(zip(block_fn.inputs, inputs)):
         data_model = getattr(block, "data_model", None)
-        if data_model is None or value is None:
+        if block.stateful or data_model is None or value is None:
             continue
         try:
             data_model.model_validate(value)
         except Exception:
             return redact_paths(
-                f"Input {index + 1} of {endpoint} ({names[index]}) is not in a form it takes: "
+                f"Input {index + 1} of {endpoint} ({_input_name(block)}) is not in a form it takes: "
                 f"{_expected_form(block)} See the API page (\"Use via API\" at the foot of the studio)."
             )
     return f"The inputs of {endpoint} ({', '.join(names)}) are not in a form it takes; see the API page."

@@ -10,22 +10,65 @@ from __future__ import annotations
 
 import html
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
-from grounding.drawing import annotate, class_colour, class_names
+from app.curation import Curated, ListedObject
+from grounding.drawing import annotate, class_colour, class_names, view_factor
 from grounding.export import detections_json
 from grounding.pipeline import GroundedResult
 
-TABLE_HEADERS = ["#", "phrase", "score", "x1", "y1", "x2", "y2", "mask px"]
+TABLE_HEADERS = ["#", "phrase", "score", "x1", "y1", "x2", "y2", "mask px", "edit"]
 ABSENT_COLOUR = "#6b7280"  # grey chip: a prompt phrase that found nothing (4.8:1 on white)
 VIEW_SIDES = (640, 1280)  # px, long side of the on-screen picture
 
 
-def render(pixels: np.ndarray, result: GroundedResult, areas: list[int | None] | None = None) -> np.ndarray:
-    """On-screen picture [h, w, 3] uint8 RGB (see `grounding.drawing.annotate`)."""
-    return annotate(pixels, result, view_size=VIEW_SIDES, areas=areas)
+@dataclass(frozen=True)
+class Marks:
+    """What the curation panel draws over the result, in image pixels: the selected object's box, its clicks, and
+    the first corner of a box being added."""
+
+    box: np.ndarray | None = None  # [4] xyxy
+    points: tuple[tuple[float, float, int], ...] = ()
+    corner: tuple[float, float] | None = None
+
+
+KEEP_COLOUR, REMOVE_COLOUR = (34, 197, 94), (239, 68, 68)  # RGB: a "part of it" click, a "not part of it" click
+
+
+def render(pixels: np.ndarray, result: GroundedResult, areas: list[int | None] | None = None,
+           marks: Marks | None = None) -> np.ndarray:
+    """On-screen picture [h, w, 3] uint8 RGB (see `grounding.drawing.annotate`), with `marks` on top."""
+    picture = annotate(pixels, result, view_size=VIEW_SIDES, areas=areas)
+    if marks is None:
+        return picture
+    enlarge, stride = view_factor(pixels.shape[1::-1], *VIEW_SIDES)
+    scale = enlarge / stride
+    thickness = max(2, round(max(picture.shape[:2]) / 250))
+    if marks.box is not None:
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in marks.box)
+        cv2.rectangle(picture, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
+        cv2.rectangle(picture, (x1, y1), (x2, y2), (255, 255, 255), thickness)
+    radius = 3 * thickness
+    for x, y, keep in marks.points:
+        centre = (int(round(x * scale)), int(round(y * scale)))
+        cv2.circle(picture, centre, radius, (255, 255, 255), -1)
+        cv2.circle(picture, centre, radius - thickness // 2 - 1, KEEP_COLOUR if keep else REMOVE_COLOUR, -1)
+    if marks.corner is not None:
+        x, y = (int(round(v * scale)) for v in marks.corner)
+        cv2.drawMarker(picture, (x, y), (255, 255, 255), cv2.MARKER_CROSS, 4 * radius, thickness + 2)
+        cv2.drawMarker(picture, (x, y), (0, 0, 0), cv2.MARKER_CROSS, 4 * radius, max(1, thickness - 1))
+    return picture
+
+
+def picture_to_image(index: Any, size: tuple[int, int]) -> tuple[float, float]:
+    """A click's (x, y) on the on-screen picture of an image of `size` (W, H) -> image pixels (pixel centres)."""
+    enlarge, stride = view_factor(size, *VIEW_SIDES)
+    x, y = (float(v) for v in index)
+    return (x + 0.5) * stride / enlarge, (y + 0.5) * stride / enlarge
 
 
 def phrase_colours(result: GroundedResult) -> dict[str, str]:
@@ -53,10 +96,12 @@ def missing_phrase_hints(result: GroundedResult, box_threshold: float) -> list[s
     return hints
 
 
-def status_html(result: GroundedResult, seconds: float, box_threshold: float, precision: str | None = None) -> str:
+def status_html(result: GroundedResult, seconds: float, box_threshold: float, precision: str | None = None,
+                selected: str = "") -> str:
     """"3 objects · 0.36 s · bf16", a chip per class with its colour and count (prompt phrases without a box in
     grey), and a hint per phrase without a box; `data-alt` holds the picture's alt text (the page copies it over).
-    `precision`: the pipeline's numeric precision (grounding.precision), shown after the time."""
+    `precision`: the pipeline's numeric precision (grounding.precision), shown after the time; `selected`: the
+    selected object in words (`selection_text`), on a line of its own."""
     counts = Counter(result.phrases)
     chips = []
     for phrase, colour in phrase_colours(result).items():
@@ -73,6 +118,7 @@ def status_html(result: GroundedResult, seconds: float, box_threshold: float, pr
         + (f'<span class="gsam-precision" title="numeric precision of the models"> · {html.escape(precision)}</span>'
            if precision else "")
         + f'{"".join(chips)}</div>'
+        + (f'<div class="gsam-selected">Selected: {html.escape(selected)}</div>' if selected else "")
         + (f'<ul class="gsam-hints">{hints}</ul>' if hints else "")
     )
 
@@ -99,8 +145,35 @@ def table_rows(result: GroundedResult, areas: list[int | None] | None = None) ->
     for index, item in enumerate(detections_json(result, areas=areas), start=1):
         x1, y1, x2, y2 = (round(v, 1) for v in item["box_xyxy"])
         area = item["mask_area"]
-        rows.append([index, item["phrase"], round(item["score"], 3), x1, y1, x2, y2, "" if area is None else area])
+        rows.append([index, item["phrase"], round(item["score"], 3), x1, y1, x2, y2, "" if area is None else area, ""])
     return rows
+
+
+def curated_rows(curated: Curated, areas: list[int | None]) -> list[list[Any]]:
+    """The table of a curated result: every listed object (dropped ones too, so they can be restored), numbered
+    as the curation numbers them; `areas` are the shown objects' mask areas."""
+    shown_areas = iter(areas)
+    rows = []
+    for obj in curated.objects:
+        area = None if obj.edit.dropped else next(shown_areas)
+        x1, y1, x2, y2 = (round(float(v), 1) for v in obj.box)
+        score = "" if obj.source == "added" else round(obj.score, 3)
+        rows.append([obj.number, obj.phrase, score, x1, y1, x2, y2, "" if area is None else area, obj.edit.describe(obj.source)])
+    return rows
+
+
+def selection_text(obj: ListedObject | None) -> str:
+    """The selected object in words: "#3 red circle · score 0.62 · 1,234 px · 2 clicks (+1 −1)"."""
+    if obj is None:
+        return ""
+    parts = [f"#{obj.number} {obj.phrase}"]
+    parts.append("added by hand" if obj.source == "added" else f"score {obj.score:.2f}")
+    if obj.mask is not None:
+        parts.append(f"{int(np.count_nonzero(obj.mask)):,} px")
+    edit = obj.edit.describe(obj.source).replace("added", "").strip(", ")
+    if edit:
+        parts.append(edit)
+    return " · ".join(parts)
 
 
 def result_summary(

@@ -4,7 +4,9 @@ export is asked for. UI-free apart from the error edge: every function turns the
 
 Results are not kept between events. Each event gets the inputs (image file, prompt, thresholds) and the
 pipeline's content-keyed caches answer what was computed before, so a slider move is a re-filter of a
-cached raw result (no model runs) and every session sees exactly its own inputs' result.
+cached raw result (no model runs) and every session sees exactly its own inputs' result. The one thing kept per
+session is its `Curation` (Gradio state: the user's edits, a few kB), applied on top of every result; only edit
+events write it, and Run / upload reset it when the image, prompt or models changed.
 Nothing a client receives names a server path: models go by display name, messages through `redact_paths`.
 """
 from __future__ import annotations
@@ -29,27 +31,41 @@ import numpy as np
 from PIL import Image
 
 import grounding
+from app.curation import OPERATIONS, Curated, Curation, check_added_box, check_click, curate
 from app.examples import demo_example_rows
 from app.images import ImageLoader, studio_image_limits
 from app.messages import redact_paths
 from app.models import ModelRegistry
 from app.rendering import (
-    TABLE_HEADERS, details_markdown, mask_areas, render, result_summary, status_html, table_rows,
+    TABLE_HEADERS, Marks, curated_rows, details_markdown, mask_areas, picture_to_image, render, result_summary,
+    selection_text, status_html,
 )
 from app.settings import HostingLimits
 from app.uploads import ImageBytes, upload_folder
 from grounding.drawing import annotate
-from grounding.errors import GroundingError, InvalidOptionError, InvalidPromptError
-from grounding.export import write_bundle
+from grounding.cache import image_key
+from grounding.clicks import check_box, check_points
+from grounding.errors import GroundingError, InvalidEditError, InvalidOptionError, InvalidPromptError
+from grounding.export import frame_scale, write_bundle
 from grounding.images import LoadedImage
 from grounding.pipeline import SAME_PHRASE_NMS_IOU, GroundedResult, GroundedSAM
 from grounding.shipped import SHAPES_NAME
-from grounding.text import MAX_TOKENS, normalize_caption
+from grounding.text import MAX_TOKENS, normalize_caption, split_phrases
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PROMPT_TOKENS = 1024  # 4 passes of the 256-token text window
 F = TypeVar("F", bound=Callable[..., Any])
 ImageInput = str | ImageBytes | None  # what `app.components.ImageUpload` hands over
+# What a click on the result picture does (the curation panel's radio), and the help the page shows for it.
+CLICK_SELECT, CLICK_KEEP, CLICK_REMOVE, CLICK_BOX = (
+    "Select", "Add point: part of it (+)", "Add point: not part of it (−)", "Add a box (2 corners)")
+CLICK_MODES = (CLICK_SELECT, CLICK_KEEP, CLICK_REMOVE, CLICK_BOX)
+CURATION_HELP = (
+    "Click an object in the picture (or its row in the table) to select it. To fix its mask, switch the click to "
+    "**+** (part of it) or **−** (not part of it) and click in the picture: each click re-cuts the mask. To add a "
+    "missed object, choose **Add a box** and click two opposite corners; it gets the label below. Edits stay with "
+    "their box while you move the sliders, go into the zip, and reset with a new image or prompt."
+)
 
 LOAD_HELP = """Pass local weights, for example
 
@@ -248,11 +264,13 @@ class Studio:
         use_sam: bool,
         model: str | None,
         segmenter: str | None = None,
-    ) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
-        """The full request: (picture path, status HTML, table, JSON summary, details markdown)."""
-        return self._result(
-            StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
-        )
+        curation: Curation | None = None,
+    ) -> tuple[Any, ...]:
+        """The full request: (picture path, status HTML, table, JSON summary, details markdown, curation), the
+        session's edits applied; the curation is reset (else left alone) when the image, prompt or models changed."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        outputs, kept = self._curated_outputs(request, curation)
+        return (*outputs, kept if kept is not curation else gr.skip())
 
     @user_errors
     def refilter(
@@ -265,12 +283,14 @@ class Studio:
         use_sam: bool,
         model: str | None,
         segmenter: str | None = None,
+        curation: Curation | None = None,
     ) -> tuple[Any, ...]:
-        """`segment` for slider moves: with no image or no prompt yet there is nothing to update (no error)."""
+        """`segment` for slider moves, with the session's edits (read, never written): with no image or no prompt
+        yet there is nothing to update (no error)."""
         request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
         if not request.complete:
             return tuple(gr.skip() for _ in range(5))
-        return self._result(request)
+        return self._curated_outputs(request, curation)[0]
 
     @user_errors
     def export(
@@ -283,12 +303,17 @@ class Studio:
         use_sam: bool,
         model: str | None,
         segmenter: str | None = None,
+        curation: Curation | None = None,
     ) -> str:
-        """Zip of what the inputs show, in the uploaded image's own frame: `masks/NNN_phrase.png`, `coco.json`,
-        `detections.json`, `meta.json` (prompt, thresholds, models, sizes) and `annotated.png`."""
+        """Zip of what the inputs show, edits included, in the uploaded image's own frame: `masks/NNN_phrase.png`,
+        `coco.json`, `detections.json`, `meta.json` (prompt, thresholds, models, sizes, the edits and their
+        history) and `annotated.png`."""
         request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
         pipeline = self._pipeline(request)
-        result, _ = self._run(pipeline, request)
+        result, loaded, _ = self._run(pipeline, request)
+        curation = self._in_context(curation, request, loaded)
+        curated = curate(curation, result, pipeline, loaded)
+        result = curated.shown
         name = Path(image).name if isinstance(image, str) else "image.png"
         path = self.outputs.new_path(".zip", stem=f"{Path(name).stem}_grounded_sam")
         meta = {
@@ -301,6 +326,7 @@ class Studio:
             "masks": bool(use_sam),
             "models": {**pipeline.describe(), "detector": self._model_name(model)},
             "precision": pipeline.precision,
+            "curation": curation_meta(curation, curated, frame_scale(result)),
             "studio_version": grounding.__version__,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -308,23 +334,136 @@ class Studio:
 
     @user_errors
     def preview(self, *inputs: Any) -> tuple[Any, Any]:
-        """What a slider drag updates, from the page's inputs: (picture, status line); the table and JSON follow
-        on release."""
-        request = StudioRequest(*inputs)
+        """What a slider drag updates, from the page's inputs and the session's curation: (picture, status line);
+        the table and JSON follow on release."""
+        *fields, curation = inputs
+        request = StudioRequest(*fields)
         if not request.complete:
             return gr.skip(), gr.skip()
         start = time.perf_counter()
         pipeline = self._pipeline(request)
-        result, _ = self._run(pipeline, request)
-        picture = self._picture(request.image, result, mask_areas(result))
-        return picture, status_html(result, time.perf_counter() - start, request.box_threshold, pipeline.precision)
+        result, loaded, _ = self._run(pipeline, request)
+        curation = self._in_context(curation, request, loaded)
+        curated = curate(curation, result, pipeline, loaded)
+        picture = self._picture(request.image, curated.shown, mask_areas(curated.shown), marks(curation, curated))
+        selected = selection_text(curated.by_key(curation.selected))
+        return picture, status_html(curated.shown, time.perf_counter() - start, request.box_threshold,
+                                    pipeline.precision, selected)
 
     @user_errors
     def show(self, *inputs: Any) -> tuple[Any, ...]:
-        """After an upload, from the page's inputs: the result for the prompt, or an empty result while there is
-        no prompt (the last image's result must not stay beside the new image)."""
-        request = StudioRequest(*inputs)
-        return self._result(request) if request.complete else self.cleared()
+        """After an upload, from the page's inputs and the session's curation: as `segment`, or an empty result
+        while there is no prompt (the last image's result must not stay beside the new image)."""
+        *fields, curation = inputs
+        request = StudioRequest(*fields)
+        if not request.complete:
+            return (*self.cleared(), gr.skip())
+        outputs, kept = self._curated_outputs(request, curation)
+        return (*outputs, kept if kept is not curation else gr.skip())
+
+    # ---- curation ----------------------------------------------------------------------------------
+    @user_errors
+    def click(
+        self, image: ImageInput, prompt: str, box_threshold: float, text_threshold: float, nms_iou: float,
+        use_sam: bool, model: str | None, segmenter: str | None, curation: Curation | None, mode: str,
+        label: str | None, event: gr.SelectData,
+    ) -> tuple[Any, ...]:
+        """A click on the result picture, by the click mode: select the object under it; add a + / − point to the
+        selected object (the first click selects when nothing is selected); or set a corner of a box to add."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline, loaded, result, curation = self._curation_inputs(request, curation)
+        curated = curate(curation, result, pipeline, loaded)
+        x, y = picture_to_image(event.index, loaded.size)
+        selected = curated.by_key(curation.selected)
+        if mode != CLICK_BOX:
+            curation = curation.without_corner()
+        if mode == CLICK_BOX:
+            if curation.corner is None:
+                curation = curation.start_box(check_click(x, y, loaded, 1)[:2])
+            else:
+                box = check_added_box(curation.corner, x, y, loaded)
+                curation = curation.add_box(box, label or _first_phrase(prompt))
+        elif mode in (CLICK_KEEP, CLICK_REMOVE) and selected is not None:
+            self._require_masks(request, pipeline)
+            curation = curation.add_point(selected.key, check_click(x, y, loaded, int(mode == CLICK_KEEP)))
+        else:  # select (also the first click of a point mode while nothing is selected)
+            hit = curated.at(x, y)
+            if hit is None and mode != CLICK_SELECT:
+                raise InvalidEditError("Click on an object first to select it; then each click adds a point to it.")
+            curation = curation.select(hit.key if hit is not None else None)
+        return self._edited(request, pipeline, loaded, result, curation)
+
+    @user_errors
+    def select_row(
+        self, image: ImageInput, prompt: str, box_threshold: float, text_threshold: float, nms_iou: float,
+        use_sam: bool, model: str | None, segmenter: str | None, curation: Curation | None, event: gr.SelectData,
+    ) -> tuple[Any, ...]:
+        """A click on a row of the table selects its object (dropped ones too, to restore them)."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline, loaded, result, curation = self._curation_inputs(request, curation)
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        target = curate(curation, result, pipeline, loaded).find(int(row) + 1)
+        return self._edited(request, pipeline, loaded, result, curation.select(target.key))
+
+    @user_errors
+    def edit_selected(
+        self, operation: str, image: ImageInput, prompt: str, box_threshold: float, text_threshold: float,
+        nms_iou: float, use_sam: bool, model: str | None, segmenter: str | None, curation: Curation | None,
+        label: str | None,
+    ) -> tuple[Any, ...]:
+        """The panel's buttons, on the selected object: "undo_point", "reset", "next_mask", "drop" (drops it, or
+        restores it when dropped), "relabel" (to `label`); "clear" takes back every edit."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline, loaded, result, curation = self._curation_inputs(request, curation)
+        if operation == "clear":
+            return self._edited(request, pipeline, loaded, result, curation.clear())
+        selected = curate(curation, result, pipeline, loaded).by_key(curation.selected)
+        if selected is None:
+            raise InvalidEditError("Select an object first: click it in the picture, or its row in the table.")
+        if operation == "drop" and selected.edit.dropped:
+            operation = "restore"
+        edited = self._apply(operation, curation, selected, request, pipeline, label)
+        return self._edited(request, pipeline, loaded, result, edited)
+
+    @user_errors
+    def refine(
+        self, image: ImageInput, prompt: str, box_threshold: float, text_threshold: float, nms_iou: float,
+        use_sam: bool, model: str | None, segmenter: str | None, object: Any, points: Any,  # noqa: A002 (API name)
+        curation: Curation | None = None,
+    ) -> tuple[Any, ...]:
+        """API: `object` (its number in the table's # column) gets these clicks, [[x, y, 1 | 0], ...] in the pixels of the
+        result's frame (1 = part of it, 0 = not), replacing its earlier ones ([] = back to its box's mask). The
+        outputs of /segment, plus the session's curation."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline, loaded, result, curation = self._curation_inputs(request, curation)
+        self._require_masks(request, pipeline)
+        target = curate(curation, result, pipeline, loaded).find(object)
+        xy, labels = check_points(points, loaded.size)
+        clicks = tuple((float(x), float(y), int(label)) for (x, y), label in zip(xy, labels))
+        edited = curation.set_points(target.key, clicks).select(target.key)
+        return self._edited(request, pipeline, loaded, result, edited)
+
+    @user_errors
+    def edit(
+        self, image: ImageInput, prompt: str, box_threshold: float, text_threshold: float, nms_iou: float,
+        use_sam: bool, model: str | None, segmenter: str | None, operation: Any, object: Any,  # noqa: A002
+        label: Any, box: Any, curation: Curation | None = None,
+    ) -> tuple[Any, ...]:
+        """API: one edit. `operation`: "drop" | "restore" | "relabel" (`object`, its number in the table's #
+        column, to `label`) | "add_box" (`box` [x1, y1, x2, y2] px with `label`) | "next_mask" | "undo_point" |
+        "reset" (`object`) | "clear" (every edit). The outputs of /segment, plus the session's curation."""
+        request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
+        pipeline, loaded, result, curation = self._curation_inputs(request, curation)
+        if operation not in OPERATIONS:
+            raise InvalidEditError(f"operation must be one of {', '.join(OPERATIONS)}, got {str(operation)[:40]!r}.")
+        if operation == "clear":
+            curation = curation.clear()
+        elif operation == "add_box":
+            curation = curation.add_box(check_box(box, loaded.size), label or _first_phrase(prompt))
+        else:
+            target = curate(curation, result, pipeline, loaded).find(object)
+            curation = self._apply(operation, curation, target, request, pipeline, label).select(target.key)
+        return self._edited(request, pipeline, loaded, result, curation)
 
     def page_state(self) -> tuple[Any, ...]:
         """The page as it opens: (model menu, segmenter menu, Retry button, photo examples, image, prompt, box,
@@ -347,21 +486,44 @@ class Studio:
         return None, "", {"headers": TABLE_HEADERS, "data": []}, None, ""
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _result(self, request: StudioRequest) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
-        """(picture path, status HTML, table, JSON summary, details markdown) of `request`."""
+    def _curated_outputs(self, request: StudioRequest, curation: Curation | None) -> tuple[tuple[Any, ...], Curation]:
+        """(the five result outputs of `request` with the session's edits, the curation for its context)."""
         start = time.perf_counter()
         pipeline = self._pipeline(request)
-        result, calls = self._run(pipeline, request)
+        result, loaded, calls = self._run(pipeline, request)
+        curation = self._in_context(curation, request, loaded)
+        return self._outputs(request, pipeline, loaded, result, curation, calls, start), curation
+
+    def _outputs(
+        self, request: StudioRequest, pipeline: GroundedSAM, loaded: LoadedImage, result: GroundedResult,
+        curation: Curation, calls: dict[str, int] | None = None, start: float | None = None,
+    ) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
+        """(picture path, status HTML, table, JSON summary, details markdown) of `result` with `curation` applied."""
+        start = time.perf_counter() if start is None else start
+        before = pipeline.stats.snapshot()
         tick = time.perf_counter()
-        areas = mask_areas(result)
-        picture = self._picture(request.image, result, areas)
+        curated = curate(curation, result, pipeline, loaded)
+        shown = curated.shown
         timings_ms = {name: seconds * 1000 for name, seconds in result.timings.items()}
+        if not curation.empty:
+            timings_ms["curation"] = (time.perf_counter() - tick) * 1000
+        tick = time.perf_counter()
+        areas = mask_areas(shown)
+        picture = self._picture(request.image, shown, areas, marks(curation, curated))
         timings_ms["render"] = (time.perf_counter() - tick) * 1000
         timings_ms["server"] = (time.perf_counter() - start) * 1000
+        after = pipeline.stats.snapshot()
+        calls = {name: (calls or {}).get(name, 0) + after[name] - before[name] for name in after}
         model_info = {**pipeline.describe(), "detector": self._model_name(request.model)}
         summary = result_summary(
-            result,
+            shown,
             {
+                "objects": [
+                    {"number": obj.number, "phrase": obj.phrase, "source": obj.source, "dropped": obj.edit.dropped,
+                     "edit": obj.edit.describe(obj.source)}
+                    for obj in curated.objects
+                ],
+                "edits": len(curation.history) + curation.history_dropped,
                 "timings_ms": {name: round(ms, 2) for name, ms in timings_ms.items()},
                 "cache": result.cache,
                 "model_calls": calls,
@@ -369,17 +531,66 @@ class Studio:
             },
             areas,
         )
+        selected = selection_text(curated.by_key(curation.selected))
         return (
             picture,
-            status_html(result, timings_ms["server"] / 1000, request.box_threshold, pipeline.precision),
-            {"headers": TABLE_HEADERS, "data": table_rows(result, areas)},
+            status_html(shown, timings_ms["server"] / 1000, request.box_threshold, pipeline.precision, selected),
+            {"headers": TABLE_HEADERS, "data": curated_rows(curated, areas)},
             summary,
             details_markdown(timings_ms, model_info, result.cache),
         )
 
-    def _run(self, pipeline: GroundedSAM, request: StudioRequest) -> tuple[GroundedResult, dict[str, int]]:
-        """The pipeline result and the model calls it made (delta of `pipeline.stats`; other sessions'
-        calls at the same moment may show up in it)."""
+    def _edited(
+        self, request: StudioRequest, pipeline: GroundedSAM, loaded: LoadedImage, result: GroundedResult,
+        curation: Curation,
+    ) -> tuple[Any, ...]:
+        """An edit event's outputs: the five result outputs and the new curation."""
+        return (*self._outputs(request, pipeline, loaded, result, curation), curation)
+
+    def _curation_inputs(
+        self, request: StudioRequest, curation: Curation | None
+    ) -> tuple[GroundedSAM, LoadedImage, GroundedResult, Curation]:
+        """What an edit works on: the request's pipeline, image, (cached) result and the session's curation."""
+        if not request.complete:
+            raise InvalidEditError("There is nothing to edit yet: add an image and a prompt, and press Run.")
+        pipeline = self._pipeline(request)
+        result, loaded, _ = self._run(pipeline, request)
+        return pipeline, loaded, result, self._in_context(curation, request, loaded)
+
+    def _in_context(self, curation: Curation | None, request: StudioRequest, loaded: LoadedImage) -> Curation:
+        """The session's curation if it belongs to this image, prompt and models, else a clean one for them."""
+        context = (image_key(loaded.pixels), normalize_caption(request.prompt or ""), self._model_name(request.model),
+                   request.segmenter or "")
+        return (curation if isinstance(curation, Curation) else Curation()).for_context(context)
+
+    def _apply(
+        self, operation: str, curation: Curation, target: Any, request: StudioRequest, pipeline: GroundedSAM,
+        label: Any,
+    ) -> Curation:
+        """One operation on the listed object `target` (`app.curation.ListedObject`)."""
+        if operation == "drop":
+            return curation.drop(target.key)
+        if operation == "restore":
+            return curation.drop(target.key, dropped=False)
+        if operation == "relabel":
+            return curation.relabel(target.key, label, target.detected_phrase)
+        self._require_masks(request, pipeline)
+        if operation == "next_mask":
+            return curation.next_mask(target.key)
+        if operation == "undo_point":
+            return curation.undo_point(target.key)
+        if operation == "reset":
+            return curation.reset(target.key)
+        raise InvalidEditError(f"operation must be one of {', '.join(OPERATIONS)}, got {str(operation)[:40]!r}.")
+
+    @staticmethod
+    def _require_masks(request: StudioRequest, pipeline: GroundedSAM) -> None:
+        if not request.use_sam or pipeline.segmenter is None:
+            raise InvalidEditError("Masks are off: turn on Masks (SAM) to fix a mask with clicks.")
+
+    def _run(self, pipeline: GroundedSAM, request: StudioRequest) -> tuple[GroundedResult, LoadedImage, dict[str, int]]:
+        """The pipeline result, the image it ran on, and the model calls it made (delta of `pipeline.stats`; other
+        sessions' calls at the same moment may show up in it)."""
         loaded = self.images(request.image)
         self._check_prompt_size(pipeline, request.prompt)
         before = pipeline.stats.snapshot()
@@ -387,7 +598,7 @@ class Studio:
         result = run(loaded, request.prompt, box_threshold=request.box_threshold,
                      text_threshold=request.text_threshold, nms_iou=request.nms_iou)
         after = pipeline.stats.snapshot()
-        return result, {name: after[name] - before[name] for name in after}
+        return result, loaded, {name: after[name] - before[name] for name in after}
 
     def _check_prompt_size(self, pipeline: GroundedSAM, prompt: str) -> None:
         """Refuse prompts over the studio's token budget before any model runs (each 256 tokens is one
@@ -424,11 +635,11 @@ class Studio:
     def _pixels(self, image: ImageInput) -> np.ndarray:
         return self.images(image).pixels
 
-    def _picture(self, image: ImageInput, result: GroundedResult, areas: list[int | None]) -> str:
+    def _picture(self, image: ImageInput, result: GroundedResult, areas: list[int | None], marks: Marks | None = None) -> str:
         """The on-screen picture as a JPEG: it encodes ~15x faster than PNG, and the slider path has a 50 ms
         budget. (Its alt text travels in the status line; the page copies it onto the picture.)"""
         path = self.outputs.new_path(".jpg", stem="annotated")
-        Image.fromarray(render(self._pixels(image), result, areas)).save(path, format="JPEG", quality=90)
+        Image.fromarray(render(self._pixels(image), result, areas, marks)).save(path, format="JPEG", quality=90)
         return str(path)
 
 
@@ -440,6 +651,53 @@ def short_reason(error: GroundingError) -> str:
         line = re.split(r": [A-Z]\w*(?:Error|Exception)\b|(?<=\.) ", line, maxsplit=1)[0].strip()
         parts.append(line if len(line) <= 200 else line[:199] + "…")
     return "; ".join(part for part in parts if part)
+
+
+def marks(curation: Curation, curated: Curated) -> Marks | None:
+    """What to draw over the picture for this session: the selected object's box and clicks, a pending corner."""
+    selected = curated.by_key(curation.selected)
+    if selected is None and curation.corner is None:
+        return None
+    return Marks(box=selected.box if selected is not None else None,
+                 points=selected.edit.points if selected is not None else (), corner=curation.corner)
+
+
+def curation_meta(curation: Curation, curated: Curated, scale: tuple[float, float]) -> dict[str, Any]:
+    """The edits for meta.json, in the export's frame (the uploaded image's pixels): every listed object with what
+    was done to it, and the operations in order."""
+    sx, sy = scale
+
+    def box(values: Any) -> list[float]:
+        return [round(float(v) * (sx if i % 2 == 0 else sy), 2) for i, v in enumerate(values)]
+
+    def point(values: Any) -> list[float | int]:
+        return [round(float(values[0]) * sx, 2), round(float(values[1]) * sy, 2), int(values[2])]
+
+    objects = [
+        {
+            "number": obj.number, "phrase": obj.phrase, "detected_phrase": obj.detected_phrase, "source": obj.source,
+            "box_xyxy": box(obj.box), "dropped": obj.edit.dropped, "clicks": [point(p) for p in obj.edit.points],
+            "mask_choice": None if obj.edit.candidate is None else obj.edit.candidate + 1,
+        }
+        for obj in curated.objects
+    ]
+    history = []
+    for entry in curation.history:
+        entry = dict(entry)
+        if "box" in entry:
+            entry["box"] = box(entry["box"])
+        if "points" in entry:
+            entry["points"] = [point(p) for p in entry["points"]]
+        history.append(entry)
+    return {"objects": objects, "history": history, "history_truncated": curation.history_dropped}
+
+
+def _first_phrase(prompt: str | None) -> str:
+    """The prompt's first phrase (the label a hand-drawn box gets when none is chosen), or ""."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        return ""
+    phrases = split_phrases(normalize_caption(prompt))
+    return phrases[0] if phrases else ""
 
 
 def _ensure(folder: str) -> str:

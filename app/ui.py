@@ -11,7 +11,15 @@ Named API endpoints (all take the same inputs as the page, in this order, unless
   /refilter (same as /segment)            -> same as /segment; what slider releases call (served from the
             caches, no model runs); does nothing while image or prompt is empty
   /export   (same as /segment)            -> zip in the uploaded image's frame: masks/NNN_phrase.png, coco.json,
-            detections.json, meta.json, annotated.png
+            detections.json, meta.json (with the session's edits and their history), annotated.png
+  /refine   (the /segment inputs, object, points) -> as /segment; object = the table's #, points = [[x, y, 1|0],
+            ...] in the result's pixels (1 = part of it, 0 = not), replacing that object's clicks
+  /edit     (the /segment inputs, operation, object, label, box) -> as /segment; operation = drop | restore |
+            relabel | add_box | next_mask | undo_point | reset | clear
+
+Edits live in the session's state (one `gr.State` per browser tab or `gradio_client.Client`), never shared; every
+result event applies them. The page's own curation events (clicks on the picture and the table, the panel's
+buttons) are private and run one at a time ("edits"), so two quick clicks of one session never race.
 
 Every event that can run a model goes through the pipeline's run lock (one model call at a time per device);
 Run, upload and export also queue one at a time in Gradio ("models"), while slider moves run beside them
@@ -21,12 +29,14 @@ press on a slider counts as a release).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from app.components import ImageUpload, PromptBox, ThresholdSlider
+from app.components import ImageUpload, PromptBox, RawNumber, RawText, ThresholdSlider
+from app.curation import Curation
 from app.disk import DiskJanitor
 from app.edge import RequestBodyLimit, StudioBlocks
 from app.examples import demo_example_rows, photo_example_rows
@@ -34,9 +44,12 @@ from app.gpu import on_gpu
 from app.models import ModelRegistry
 from app.rendering import TABLE_HEADERS
 from app.settings import StudioSettings
-from app.studio import Studio
+from app.studio import CLICK_MODES, CLICK_SELECT, CURATION_HELP, Studio
 from app.uploads import upload_folder
 from grounding.pipeline import SUGGESTED_NMS_IOU
+from grounding.text import normalize_caption, split_phrases
+
+EDIT_STATE_SECONDS = 2 * 3600  # a session's edits are kept this long after its last change
 
 TITLE = "Grounded-SAM studio"
 INTRO = "Type what to find (`cat . remote control`), add an image, press **Run**: boxes from Grounding DINO, masks from SAM."
@@ -53,6 +66,8 @@ CSS = """
              border: 1px solid var(--chip); background: color-mix(in srgb, var(--chip) 14%, transparent); }
 .gsam-swatch { width: 12px; height: 12px; border-radius: 3px; background: var(--chip); }
 .gsam-hints { margin: 6px 0 0 0; padding-left: 18px; font-size: 0.92em; }
+.gsam-selected { margin-top: 6px; font-weight: 600; }
+#result-image img { cursor: crosshair; }
 #result-col.gsam-stale #result-image, #result-col.gsam-stale #status { opacity: 0.35; transition: opacity 0.2s; }
 #download-file { display: none; }
 """
@@ -98,6 +113,10 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
     preview = on_gpu(studio.preview, duration=20)
     encode = on_gpu(studio.encode, duration=60)
     export = on_gpu(studio.export, duration=60)
+    click = on_gpu(studio.click, duration=20)
+    select_row = on_gpu(studio.select_row, duration=20)
+    refine = on_gpu(studio.refine, duration=20)
+    edit = on_gpu(studio.edit, duration=20)
     demo_first = studio.demo_mode()  # shapes examples lead when the page runs on the demo models
     age_s = int(studio.limits.cache_minutes * 60)
 
@@ -160,15 +179,41 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
                 download_button = gr.Button("Download masks + COCO (zip)", elem_id="export")
                 download = gr.DownloadButton(visible="hidden", elem_id="download-file")
                 table = gr.Dataframe(
-                    headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="detections",
+                    headers=TABLE_HEADERS, label="Detections (click a row to select it)", interactive=False,
+                    elem_id="detections", column_widths=["6%", "21%", "9%", "8%", "8%", "8%", "8%", "10%", "22%"], wrap=True,
                     datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
                 )
+                with gr.Accordion("Fix objects: select, re-cut a mask with clicks, drop, relabel, add a box",
+                                  open=True, elem_id="curate"):
+                    gr.Markdown(CURATION_HELP)
+                    click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_SELECT, label="A click on the picture will",
+                                          elem_id="click-mode")
+                    with gr.Row():
+                        undo_button = gr.Button("Undo click", size="sm", min_width=80, elem_id="undo-click")
+                        reset_button = gr.Button("Reset mask", size="sm", min_width=80, elem_id="reset-mask")
+                        next_button = gr.Button("Next mask (SAM's 3)", size="sm", min_width=80, elem_id="next-mask")
+                        drop_button = gr.Button("Drop / restore", size="sm", min_width=80, elem_id="drop")
+                        clear_button = gr.Button("Clear all edits", size="sm", min_width=80, elem_id="clear-edits")
+                    with gr.Row(equal_height=True):
+                        label = gr.Dropdown(choices=[], value=None, allow_custom_value=True, scale=4, elem_id="label",
+                                            label="Label (for Relabel, and for an added box): a prompt phrase or any text")
+                        relabel_button = gr.Button("Relabel", size="sm", scale=1, min_width=80, elem_id="relabel")
                 with gr.Accordion("Details: timings, cache, raw JSON", open=False, elem_id="details-box"):
                     details = gr.Markdown(elem_id="details")
                     summary = gr.JSON(label="Raw result (JSON)", elem_id="summary")
+        curation = gr.State(Curation(), time_to_live=EDIT_STATE_SECONDS)
+        # API-only parameters of /refine and /edit (never shown)
+        api_object = RawNumber(value=0, visible=False, label="object")
+        api_points = gr.JSON(value=[], visible=False, label="points")
+        api_operation = RawText(value="", visible=False, label="operation")
+        api_label = RawText(value="", visible=False, label="label")
+        api_box = gr.JSON(value=[], visible=False, label="box")
+        refine_trigger = gr.Button(visible=False)
+        edit_trigger = gr.Button(visible=False)
 
         inputs = [image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter]
         outputs = [annotated, status, table, summary, details]
+        edited = [*outputs, curation]
         examples = {}
         with example_slots:
             groups = [("shapes", demo_example_rows()), ("photos", photo_example_rows())]
@@ -176,7 +221,7 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
                 examples[name] = gr.Examples(
                     examples=rows, inputs=[image, prompt, box_threshold, text_threshold], outputs=outputs,
                     fn=lambda image, prompt, box, text: segment(image, prompt, box, text, 1.0, registry.sam_enabled, None,
-                                                                 None),
+                                                                 None)[:5],
                     cache_examples=on_spaces(), cache_mode="lazy", run_on_click=True, visible_columns=[0, 1],
                     label="Shapes scenes (the demo model knows these)" if name == "shapes"
                     else "Drawings (need the real weights)",
@@ -199,7 +244,7 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
             studio.page_state, outputs=[model, segmenter, retry, examples["photos"].dataset, image, prompt,
                                         box_threshold, text_threshold], api_visibility="private",
         )
-        after(opened.then(refilter, inputs, outputs, api_name="opening_result", api_visibility="private",
+        after(opened.then(refilter, [*inputs, curation], outputs, api_name="opening_result", api_visibility="private",
                           concurrency_id="refilter", concurrency_limit=4))
         retry.click(studio.retry_loads, outputs=banner, api_name="retry", concurrency_id="models").then(
             show_banner, banner, banner, api_visibility="private", queue=False).then(
@@ -211,34 +256,57 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
             encode, [image, model, use_sam, segmenter], image_info, api_name="encode", show_progress="minimal",
             concurrency_id="models",
         ).success(
-            show, inputs, outputs, api_name="show_after_upload", api_visibility="private",
+            show, [*inputs, curation], edited, api_name="show_after_upload", api_visibility="private",
             show_progress="minimal", concurrency_id="refilter", concurrency_limit=4,
         ).success(None, js=MARK_FRESH)
         image.clear(studio.cleared, None, outputs, api_visibility="private", queue=False).then(
             lambda: "", None, image_info, api_visibility="private", queue=False)
         gr.on([image.upload, prompt.input], None, js=MARK_STALE)
         after(gr.on(
-            [run.click, prompt.submit], segment, inputs, outputs, api_name="segment", show_progress="minimal",
+            [run.click, prompt.submit], segment, [*inputs, curation], edited, api_name="segment", show_progress="minimal",
             concurrency_id="models",
         ))
         sliders = [box_threshold, text_threshold, nms_iou]
         gr.on(
-            [slider.input for slider in sliders], preview, inputs, [annotated, status], api_visibility="private",
+            [slider.input for slider in sliders], preview, [*inputs, curation], [annotated, status], api_visibility="private",
             trigger_mode="always_last", show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
         )
         after(gr.on(
-            [*(slider.release for slider in sliders), use_sam.input], refilter, inputs, outputs, api_name="refilter",
+            [*(slider.release for slider in sliders), use_sam.input], refilter, [*inputs, curation], outputs, api_name="refilter",
             trigger_mode="always_last", show_progress="hidden", concurrency_id="refilter", concurrency_limit=4,
         ))
         for menu, choose, name in ((model, studio.choose_model, "model"), (segmenter, studio.choose_segmenter, "segmenter")):
             after(menu.input(choose, menu, menu, api_visibility="private", concurrency_id="refilter",
                              concurrency_limit=4).then(
-                refilter, inputs, outputs, api_name=f"{name}_result", api_visibility="private", show_progress="minimal",
+                refilter, [*inputs, curation], outputs, api_name=f"{name}_result", api_visibility="private", show_progress="minimal",
                 concurrency_id="refilter", concurrency_limit=4,
             ))
-        download_button.click(export, inputs, download, api_name="export", concurrency_id="models").success(
+        download_button.click(export, [*inputs, curation], download, api_name="export", concurrency_id="models").success(
             None, js=CLICK_DOWNLOAD)
+
+        # Curation: the page's clicks and buttons (private), and the two API endpoints. All run one at a time, so
+        # each sees the session's edits as the previous one left them. A failed edit keeps the result on show.
+        edit_queue = {"concurrency_id": "edits", "concurrency_limit": 1, "show_progress": "hidden"}
+        annotated.select(click, [*inputs, curation, click_mode, label], edited, api_visibility="private", **edit_queue)
+        table.select(select_row, [*inputs, curation], edited, api_visibility="private", **edit_queue)
+        for button, operation in ((undo_button, "undo_point"), (reset_button, "reset"), (next_button, "next_mask"),
+                                  (drop_button, "drop"), (relabel_button, "relabel"), (clear_button, "clear")):
+            button.click(on_gpu(functools.partial(studio.edit_selected, operation), duration=20),
+                         [*inputs, curation, label], edited, api_visibility="private", **edit_queue)
+        refine_trigger.click(refine, [*inputs, api_object, api_points, curation], edited, api_name="refine", **edit_queue)
+        edit_trigger.click(edit, [*inputs, api_operation, api_object, api_label, api_box, curation], edited,
+                           api_name="edit", **edit_queue)
+        prompt.change(label_choices, prompt, label, api_visibility="private", queue=False)
     return demo
+
+
+def label_choices(prompt: str | None) -> dict:
+    """The label menu follows the prompt: its phrases, the first one chosen (any other text can be typed)."""
+    try:
+        phrases = split_phrases(normalize_caption(prompt)) if isinstance(prompt, str) and prompt.strip() else []
+    except ValueError:  # a prompt without words: nothing to offer yet
+        phrases = []
+    return gr.update(choices=phrases, value=phrases[0] if phrases else None)
 
 
 def launch(demo: gr.Blocks, settings: StudioSettings, **kwargs) -> tuple:

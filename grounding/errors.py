@@ -41,3 +41,9 @@ class InvalidOptionError(GroundingError):
     """A request option (masks on/off, model name, ...) has a value of the wrong kind."""
 
     title = "Request problem"
+
+
+class InvalidEditError(GroundingError):
+    """A curation edit cannot be applied (a point outside the image, an object no longer shown, a too long label)."""
+
+    title = "Edit problem"

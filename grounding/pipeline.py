@@ -41,6 +41,7 @@ import torch
 import torchvision
 
 from grounding.cache import CacheConfig, PipelineCaches, box_key, image_key
+from grounding.clicks import check_box, check_points, points_key
 from grounding.errors import InvalidThresholdError, WeightsUnavailableError
 from grounding.images import ImageLimits, LoadedImage, load_image
 from grounding.postprocess import check_threshold
@@ -259,14 +260,45 @@ class GroundedSAM:
         multimask: ask SAM for three masks per box and keep the one with the best predicted IoU.
         Raises what `detect` raises, and WeightsUnavailableError if no SAM is loaded.
         """
-        if self.segmenter is None:
-            raise WeightsUnavailableError(
-                "No SAM model is loaded, so masks are unavailable: turn masks off, or load a segmenter "
-                f"(GroundedSAM.from_names(sam=...): {', '.join(SEGMENTER_NAMES)})."
-            )
+        self._require_segmenter()
         return self._run(
             image, prompt, box_threshold, text_threshold, nms_iou, same_phrase_nms_iou, masks=True, multimask=multimask
         )
+
+    def refine(self, image: Any, box: Any, points: Any = (), multimask: bool = False) -> SamMasks:
+        """One object's mask from its box plus clicked points, decoded from the cached SAM embedding (the image
+        encoder runs only if the embedding is not cached). Results are cached like the box masks.
+
+        box: [x1, y1, x2, y2] and points: [[x, y, 1 | 0], ...] (1 = part of the object, 0 = not), in pixels of the
+        image the models saw (`GroundedResult.image_size`, the frame of its boxes).
+        Returns SamMasks [K, H, W]: SAM's single mask (multimask=False) or its three candidates in its order.
+        Raises InvalidEditError (bad points or box), InvalidImageError, WeightsUnavailableError (no SAM).
+        """
+        self._require_segmenter()
+        loaded = load_image(image, self.image_limits)
+        box = check_box(box, loaded.size)
+        xy, labels = check_points(points, loaded.size)
+        key = image_key(loaded.pixels)
+        cache_key = (self.segmenter_id, key, box_key(box), points_key(xy, labels), bool(multimask), "points")
+
+        def decode() -> tuple[np.ndarray, np.ndarray]:
+            embedding, _ = self.caches.sam_embeddings.get_or_create(
+                (self.segmenter_id, key), lambda: self._encode_for_sam(loaded)
+            )
+            with self._model_call("fp32", sam_decoder_calls=1, sam_masks_decoded=1):
+                decoded = self.segmenter.decode_points(embedding, box, xy, labels, multimask=multimask)
+            return decoded.masks, decoded.iou_scores
+
+        masks, iou_scores = self.caches.masks.get_or_create(cache_key, decode)[0]
+        return SamMasks(masks, iou_scores)
+
+    def segment_boxes(self, image: Any, boxes: Any) -> SamMasks:
+        """Masks for boxes given by hand ([[x1, y1, x2, y2], ...] in pixels of the image the models saw), through
+        the same caches and batched decoder call as the detector's boxes. Raises InvalidEditError for a bad box."""
+        self._require_segmenter()
+        loaded = load_image(image, self.image_limits)
+        checked = np.stack([check_box(box, loaded.size) for box in boxes]) if len(boxes) else np.zeros((0, 4), np.float32)
+        return self._masks(loaded, image_key(loaded.pixels), checked, False, {}, {})
 
     def encode_image(self, image: Any, with_sam: bool = True) -> dict[str, bool]:
         """Run the image encoders on `image` into the caches now (e.g. on upload, before a prompt is typed),
@@ -282,6 +314,13 @@ class GroundedSAM:
                 (self.segmenter_id, key), lambda: self._encode_for_sam(loaded)
             )
         return hits
+
+    def _require_segmenter(self) -> None:
+        if self.segmenter is None:
+            raise WeightsUnavailableError(
+                "No SAM model is loaded, so masks are unavailable: turn masks off, or load a segmenter "
+                f"(GroundedSAM.from_names(sam=...): {', '.join(SEGMENTER_NAMES)})."
+            )
 
     @contextmanager
     def _model_call(self, precision: str | None = None, **counts: int) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
     embedding = segmenter.encode_image(pixels)            # [H, W, 3] uint8 RGB -> the heavy image encoder, once
     masks = segmenter.decode_boxes(embedding, boxes)      # [N, 4] xyxy px -> SamMasks, all boxes batched
+    masks = segmenter.decode_points(embedding, box, points, labels)  # one box + clicked points -> SamMasks
     segmenter.model_id (cache key), segmenter.name (what users see), segmenter.device
 
 The embedding is a plain value (the pipeline caches it, sized by its `nbytes`); decoding never mutates shared
@@ -34,6 +35,12 @@ class Segmenter(Protocol):
 
     def encode_image(self, image: np.ndarray) -> Any: ...
     def decode_boxes(self, embedding: Any, boxes: np.ndarray, multimask: bool = False) -> SamMasks: ...
+    def decode_points(
+        self, embedding: Any, box: np.ndarray, points: np.ndarray, labels: np.ndarray, multimask: bool = False
+    ) -> SamMasks:
+        """One object: box [4] xyxy px plus points [P, 2] xy px with labels [P] (1 = keep, 0 = remove) -> SamMasks of
+        SAM's single mask (multimask=False) or of its three candidates in the model's order (multimask=True)."""
+        ...
 
 
 def boxes_per_call(height: int, width: int, candidates: int, memory_budget: int = DECODE_MEMORY_BUDGET) -> int:

@@ -372,12 +372,7 @@ class SamSegmenter:
         height, width = embedding.original_size
         if len(boxes) == 0:
             return no_masks(height, width)
-        predictor = SamPredictor(self.model)
-        # Bind the cached embedding to this call's own predictor (no state shared between requests).
-        predictor.features = embedding.features.to(self.device)
-        predictor.input_size = embedding.input_size
-        predictor.original_size = embedding.original_size
-        predictor.is_image_set = True
+        predictor = self._predictor(embedding)
         box_tensor = torch.as_tensor(np.asarray(boxes, np.float32), device=self.device)  # [N, 4]
         box_tensor = predictor.transform.apply_boxes_torch(box_tensor, embedding.original_size)
         masks, scores = [], []
@@ -389,3 +384,29 @@ class SamSegmenter:
             masks.append(kept)
             scores.append(kept_iou)
         return SamMasks(masks=np.concatenate(masks), iou_scores=np.concatenate(scores))
+
+    @torch.inference_mode()
+    def decode_points(
+        self, embedding: SamEmbedding, box: np.ndarray, points: np.ndarray, labels: np.ndarray, multimask: bool = False
+    ) -> SamMasks:
+        """box [4] xyxy px + points [P, 2] xy px, labels [P] (1 keep, 0 remove), original frame -> SamMasks with one
+        mask (multimask=False) or SAM's three candidates in its order (True); P may be 0 (the box alone)."""
+        predictor = self._predictor(embedding)
+        size = embedding.original_size
+        box_tensor = predictor.transform.apply_boxes_torch(torch.as_tensor(np.asarray(box, np.float32).reshape(1, 4), device=self.device), size)
+        coords = labels_tensor = None
+        if len(points):
+            coords = predictor.transform.apply_coords_torch(
+                torch.as_tensor(np.asarray(points, np.float32).reshape(1, -1, 2), device=self.device), size)  # [1, P, 2]
+            labels_tensor = torch.as_tensor(np.asarray(labels).reshape(1, -1), dtype=torch.int, device=self.device)
+        masks, iou, _ = predictor.predict_torch(coords, labels_tensor, boxes=box_tensor, multimask_output=multimask)
+        return SamMasks(masks=masks[0].cpu().numpy(), iou_scores=iou[0].float().cpu().numpy())  # [K, H, W], [K]
+
+    def _predictor(self, embedding: SamEmbedding) -> SamPredictor:
+        """A predictor of its own for one call, bound to the cached embedding (no state shared between requests)."""
+        predictor = SamPredictor(self.model)
+        predictor.features = embedding.features.to(self.device)
+        predictor.input_size = embedding.input_size
+        predictor.original_size = embedding.original_size
+        predictor.is_image_set = True
+        return predictor

@@ -139,21 +139,42 @@ class TransformersSegmenter:
             scores.append(kept_iou)
         return SamMasks(np.concatenate(masks), np.concatenate(scores))
 
-    def _decode(self, embedding: TransformersEmbedding, boxes: np.ndarray, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call: (masks [n, K, H, W] bool at the original size, predicted IoU [n, K])."""
+    @torch.inference_mode()
+    def decode_points(
+        self, embedding: TransformersEmbedding, box: np.ndarray, points: np.ndarray, labels: np.ndarray,
+        multimask: bool = False,
+    ) -> SamMasks:
+        """box [4] xyxy px + points [P, 2] xy px, labels [P] (1 keep, 0 remove) -> SamMasks with one mask
+        (multimask=False) or the model's three candidates in its order (True); P may be 0 (the box alone)."""
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        clicks = (points, np.asarray(labels, np.int64).reshape(-1)) if len(points) else None
+        masks, iou = self._decode(embedding, np.asarray(box, np.float32).reshape(1, 4), multimask, clicks)
+        return SamMasks(masks[0].numpy(), iou[0].numpy())
+
+    def _decode(
+        self, embedding: TransformersEmbedding, boxes: np.ndarray, multimask: bool,
+        clicks: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder call: (masks [n, K, H, W] bool at the original size, predicted IoU [n, K]). `clicks`: points
+        [P, 2] xy px and labels [P] for a single box (n = 1)."""
         features = [f.to(self.device) for f in embedding.features]
         sizes = [list(embedding.original_size)]
         if self.family.name == "sam2":
-            prompts = self.processor(images=None, input_boxes=[boxes.tolist()], original_sizes=sizes, return_tensors="pt")
-            outputs = self.model(image_embeddings=features, input_boxes=prompts["input_boxes"].to(self.device),
-                                 multimask_output=multimask)
+            extra = {} if clicks is None else {"input_points": [[clicks[0].tolist()]], "input_labels": [[clicks[1].tolist()]]}
+            prompts = self.processor(images=None, input_boxes=[boxes.tolist()], original_sizes=sizes, return_tensors="pt", **extra)
+            outputs = self.model(image_embeddings=features, multimask_output=multimask,
+                                 **{k: prompts[k].to(self.device) for k in ("input_boxes", "input_points", "input_labels") if k in prompts})
             masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), sizes)[0]
         else:
-            # The processor scales boxes to the resized image as it reports it (reshaped / original, per axis).
+            # The processor scales prompts to the resized image as it reports it (reshaped / original, per axis).
             (rh, rw), (oh, ow) = embedding.reshaped_size, embedding.original_size
-            scaled = torch.as_tensor(boxes * np.array([rw / ow, rh / oh, rw / ow, rh / oh], np.float32))[None]
-            outputs = self.model(image_embeddings=features[0], intermediate_embeddings=features[1:],
-                                 input_boxes=scaled.to(self.device), multimask_output=multimask)
+            scale = np.array([rw / ow, rh / oh], np.float32)
+            prompts = {"input_boxes": torch.as_tensor(boxes * np.tile(scale, 2))[None]}  # [1, n, 4]
+            if clicks is not None:
+                prompts["input_points"] = torch.as_tensor(clicks[0] * scale)[None, None]  # [1, 1, P, 2]
+                prompts["input_labels"] = torch.as_tensor(clicks[1])[None, None]  # [1, 1, P]
+            outputs = self.model(image_embeddings=features[0], intermediate_embeddings=features[1:], multimask_output=multimask,
+                                 **{k: v.to(self.device) for k, v in prompts.items()})
             masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), sizes, [list(embedding.reshaped_size)])[0]
         return masks.bool(), outputs.iou_scores[0].float().cpu()  # [n, K, H, W], [n, K]
 

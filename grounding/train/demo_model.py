@@ -27,7 +27,9 @@ from grounding.segmenters.sam import SAM_VARIANTS, build_sam, load_sam_checkpoin
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes
 from grounding.train.eval import evaluate
-from grounding.train.sam_trainer import SAM_FINAL_WEIGHTS, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam
+from grounding.train.sam_trainer import (
+    SAM_FINAL_WEIGHTS, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam, evaluate_sam_clicks,
+)
 from grounding.train.shapes import ShapesConfig, generate_dataset
 from grounding.train.trainer import FINAL_WEIGHTS, TrainConfig, Trainer, TrainingLoop, build_model
 
@@ -59,6 +61,8 @@ class DemoRecipe:
     sam_epochs: int = 20
     sam_batch_size: int = 16
     sam_lr: float = 4e-4
+    sam_point_fraction: float = 0.5  # objects prompted with box + clicks (the studio's refinement); see sam_trainer
+    sam_train_encoder: bool = True  # False for a decoder-only fine-tune (--sam-freeze-encoder)
     workers: int = 0  # data generation processes and DataLoader workers
     anneal_to_time_limit: bool = False
     init_detector: str | None = None  # continue from these weights instead of random ones
@@ -111,6 +115,7 @@ def _train_sam(out: Path, recipe: DemoRecipe, minutes: float | None, device: str
     config = SamTrainConfig(
         epochs=recipe.sam_epochs, batch_size=recipe.sam_batch_size, lr=recipe.sam_lr, seed=recipe.seed,
         num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
+        point_fraction=recipe.sam_point_fraction, train_image_encoder=recipe.sam_train_encoder,
     )  # fmt: skip
     sam = build_sam(SAM_VARIANTS[recipe.sam_variant])
     if recipe.init_sam:
@@ -130,6 +135,7 @@ def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dic
     if (out / "model" / SAM_FINAL_WEIGHTS).is_file():
         sam = load_sam_checkpoint(build_sam(SAM_VARIANTS[recipe.sam_variant]), out / "model" / SAM_FINAL_WEIGHTS)
         result["sam_mask_iou"] = evaluate_sam(sam, _sam_dataset(out, "heldout", recipe), device, progress)
+        result["sam_clicks"] = evaluate_sam_clicks(sam, _sam_dataset(out, "heldout", recipe), device, progress)
     return result
 
 
@@ -188,6 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sam-epochs", type=int, default=defaults.sam_epochs)
     parser.add_argument("--init-detector", default=None, help="continue from these detector weights (model.pth)")
     parser.add_argument("--init-sam", default=None, help="continue from these SAM weights (sam.pth)")
+    parser.add_argument("--sam-lr", type=float, default=defaults.sam_lr)
+    parser.add_argument("--sam-point-fraction", type=float, default=defaults.sam_point_fraction,
+                        help="objects prompted with box + clicks in SAM training (0: boxes only)")
+    parser.add_argument("--sam-freeze-encoder", action="store_true",
+                        help="train only SAM's prompt encoder and mask decoder (a fine-tune from --init-sam)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) - 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         train_images=args.train_images, heldout_images=args.heldout_images, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size or (GPU_BATCH_SIZE if args.device.startswith("cuda") else defaults.batch_size),
         sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
-        init_detector=args.init_detector, init_sam=args.init_sam,
+        init_detector=args.init_detector, init_sam=args.init_sam, sam_lr=args.sam_lr,
+        sam_point_fraction=args.sam_point_fraction, sam_train_encoder=not args.sam_freeze_encoder,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -80,7 +80,7 @@ def test_segment_outputs(first_run):
     _, (picture, status, table, summary, details) = first_run
     rendered = Image.open(picture)
     assert rendered.size == (640, 480) and rendered.mode == "RGB"  # a small image is shown enlarged
-    assert table["headers"] == ["#", "phrase", "score", "x1", "y1", "x2", "y2", "mask px"]
+    assert table["headers"] == ["#", "phrase", "score", "x1", "y1", "x2", "y2", "mask px", "edit"]
     detections = summary["detections"]
     assert len(table["data"]) == len(detections) > 0
     assert f">{len(detections)} objects · " in status

@@ -107,3 +107,61 @@ def test_page_without_weights_says_what_to_do(browser, servers):
     banner.locator("summary").click()
     assert "How to load real models" in banner.inner_text() and "--detector" in banner.inner_text()
     page.close()
+
+
+def click_picture(page, x: float, y: float, size: tuple[int, int]) -> None:
+    """Click the result picture where image pixel (x, y) of an image of `size` is drawn (the picture is the image
+    scaled by `app.rendering`'s view factor, and the page fits it into its box, letterboxed)."""
+    from app.rendering import VIEW_SIDES
+    from grounding.drawing import view_factor
+
+    enlarge, stride = view_factor(size, *VIEW_SIDES)
+    img = page.locator("#result-image img")
+    natural_w, natural_h, box_w, box_h, fit = img.evaluate(
+        "e => [e.naturalWidth, e.naturalHeight, e.clientWidth, e.clientHeight, getComputedStyle(e).objectFit]")
+    px, py = x * enlarge / stride, y * enlarge / stride
+    if fit == "contain":
+        scale = min(box_w / natural_w, box_h / natural_h)
+        left, top = (box_w - natural_w * scale) / 2, (box_h - natural_h * scale) / 2
+        img.click(position={"x": left + px * scale, "y": top + py * scale})
+    else:
+        img.click(position={"x": px * box_w / natural_w, "y": py * box_h / natural_h})
+
+
+def test_click_selects_then_a_point_recuts_the_mask_and_undo_takes_it_back(browser, studio_url, tmp_path):
+    image_path = tmp_path / "yard.png"
+    picture = Image.new("RGB", (480, 360), (170, 210, 150))
+    picture.paste((200, 60, 50), (80, 120, 260, 320))
+    picture.save(image_path)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.set_default_timeout(120_000)
+    page.goto(studio_url)
+    page.locator("#input-image input[type=file]").set_input_files(str(image_path))
+    page.locator("#image-info").get_by_text("image encoded").wait_for()
+    page.locator("#prompt textarea").fill("barn . field")
+    page.locator("#box-threshold input[type=number]").fill("0")
+    page.locator("#box-threshold input[type=number]").press("Enter")
+    page.locator("#run").click()
+    page.locator("#status").get_by_text(re.compile(r"\d+ objects?")).wait_for()
+    assert object_count(page) >= 1
+    first_row = page.locator("#detections [role=row]").nth(1).locator("[role=gridcell]").all_inner_texts()
+    x1, y1, x2, y2 = (float(v) for v in first_row[3:7])
+
+    click_picture(page, (x1 + x2) / 2, (y1 + y2) / 2, (480, 360))
+    page.locator("#status .gsam-selected").get_by_text(re.compile(r"Selected: #\d+")).wait_for()
+    selected = int(re.search(r"#(\d+)", page.locator("#status .gsam-selected").inner_text()).group(1))
+    before = page.locator("#result-image img").get_attribute("src")
+
+    page.locator("#click-mode").get_by_text("part of it (+)").click()
+    click_picture(page, x1 + 0.25 * (x2 - x1), y1 + 0.25 * (y2 - y1), (480, 360))
+    row = page.locator("#detections [role=row]").nth(selected)
+    row.get_by_text("1 click (+1 −0)").wait_for()
+    page.wait_for_function("src => document.querySelector('#result-image img')?.getAttribute('src') !== src", arg=before)
+    assert "1 click" in page.locator("#status .gsam-selected").inner_text()
+
+    page.locator("#undo-click").click()
+    page.wait_for_function(
+        "n => !document.querySelectorAll('#detections [role=row]')[n]?.innerText.includes('click')", arg=selected)
+    assert "click" not in page.locator("#status .gsam-selected").inner_text()
+    page.close()

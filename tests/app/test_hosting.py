@@ -150,7 +150,7 @@ def test_data_url_images_are_held_to_the_upload_limit_and_leave_nothing_on_disk(
 def test_malformed_calls_are_answered_with_what_was_wrong(studio_url):
     cases = {
         "too few inputs": ([None, PROMPT], "takes 8 inputs"),
-        "too many inputs": ([None, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", None, "extra"], "the call sent 9"),
+        "too many inputs": ([None, PROMPT, 0.3, 0.25, 1.0, True, "tiny_dino.pth", None, None, "extra"], "the call sent 10"),
         "use_sam as text": ([None, PROMPT, 0.3, 0.25, 1.0, "false", "tiny_dino.pth", None], "use_sam"),
         "prompt as a list": ([None, ["house"], 0.3, 0.25, 1.0, True, "tiny_dino.pth", None], "prompt must be text"),
         "model as a list": ([None, PROMPT, 0.3, 0.25, 1.0, True, ["tiny_dino.pth"], None], "model must be a model name"),

@@ -1,5 +1,5 @@
-"""SAM box-prompt training: the data frame, the losses on known cases, the loss falling, and the result loading
-through the studio's SAM path."""
+"""SAM box-prompt training: the data frame, the losses on known cases, the click prompts, the loss falling, a
+decoder-only fine-tune, and the result loading through the studio's SAM path."""
 import numpy as np
 import pytest
 import torch
@@ -13,8 +13,10 @@ from grounding.train.sam_trainer import (
     SamSample,
     SamTrainConfig,
     SamTrainer,
+    click_prompts,
     dice_loss,
     evaluate_sam,
+    evaluate_sam_clicks,
     jitter_boxes,
     mask_iou,
 )
@@ -105,3 +107,45 @@ def test_resume_continues_from_the_last_checkpoint(scenes, tmp_path):
     assert all(torch.equal(v, first.sam.state_dict()[k]) for k, v in resumed.sam.state_dict().items())
     resumed.fit(progress=False)
     assert resumed.step == resumed.total_steps == 2
+
+
+def two_objects() -> SamSample:
+    """Two touching 20x20 squares in a 64x64 frame."""
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 10:30, 10:30] = True
+    masks[1, 10:30, 30:50] = True
+    return SamSample(torch.zeros(3, 64, 64, dtype=torch.uint8), torch.tensor([[10.0, 10, 30, 30], [30.0, 10, 50, 30]]), masks)
+
+
+@pytest.mark.parametrize("merged_fraction", [0.0, 1.0])
+def test_click_prompts_put_each_click_where_its_label_says(merged_fraction):
+    sample = two_objects()
+    config = SamTrainConfig(merged_fraction=merged_fraction)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        boxes, points, labels, kept = click_prompts(sample, sample.boxes, [0, 1], 3, config, generator)
+        assert boxes.shape == (2, 4) and points.shape == (2, 3, 2) and labels.shape == (2, 3) and kept == [0, 1]
+        for box, object_points, object_labels, i in zip(boxes, points, labels, kept):
+            for (x, y), label in zip(object_points.tolist(), object_labels.tolist()):
+                inside = bool(sample.masks[i, int(y), int(x)])
+                assert inside == (label == 1)  # a positive click on the object, a negative one off it
+                assert box[0] <= x <= box[2] and box[1] <= y <= box[3]
+            if merged_fraction:  # the box covers both, and its first click says "not the neighbour"
+                assert box.tolist() == [10.0, 10.0, 50.0, 30.0] and object_labels[0] == 0
+                x, y = object_points[0].tolist()
+                assert sample.masks[1 - i, int(y), int(x)]
+
+
+def test_clicked_training_and_a_decoder_only_fine_tune(scenes, tmp_path):
+    torch.manual_seed(0)
+    config = SamTrainConfig(batch_size=3, lr=5e-3, warmup_steps=1, point_fraction=1.0, train_image_encoder=False)
+    trainer = SamTrainer(build_sam(SAM_VARIANTS["tiny"]), scenes, tmp_path, config)
+    encoder = {k: v.clone() for k, v in trainer.sam.image_encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in trainer.sam.mask_decoder.state_dict().items()}
+    batch = [scenes[i] for i in range(3)]
+    losses = [trainer.train_step(batch)["loss"] for _ in range(25)]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    assert all(torch.equal(v, trainer.sam.image_encoder.state_dict()[k]) for k, v in encoder.items())
+    assert any(not torch.equal(v, trainer.sam.mask_decoder.state_dict()[k]) for k, v in decoder.items())
+    clicks = evaluate_sam_clicks(trainer.sam, scenes)
+    assert clicks["objects"] > 0 and 0 <= clicks["merged_box_iou"] <= 1 and 0 <= clicks["with_not_click_iou"] <= 1

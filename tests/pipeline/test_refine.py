@@ -1,0 +1,95 @@
+"""Clicks on one object: `GroundedSAM.refine` (box + points from the cached embedding) decodes what SAM's own
+predictor decodes, every segmenter family takes points, and bad clicks are typed errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from grounding.errors import InvalidEditError, WeightsUnavailableError
+from grounding.pipeline import GroundedSAM
+from grounding.segmenters import load_segmenter
+from tests.fixtures.segmenters import save_tiny, tiny_processor
+
+BOX = np.array([20, 15, 90, 75], np.float32)
+
+
+def predictor_masks(segmenter, photo, box, points, multimask):
+    """segment-anything's own path for one image, box and clicks."""
+    predictor = SamPredictor(segmenter.model)
+    predictor.set_image(photo, image_format="RGB")
+    xy = np.array([p[:2] for p in points], np.float32) if points else None
+    labels = np.array([p[2] for p in points]) if points else None
+    masks, iou, _ = predictor.predict(point_coords=xy, point_labels=labels, box=box, multimask_output=multimask)
+    return masks, iou
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_refine_equals_sams_own_predictor(pipeline, tiny_segmenter, photo, multimask):
+    box_only = pipeline.refine(photo, BOX, []).masks[0]
+    for points in ([[40, 40, 0]], [[40, 40, 0], [150, 100, 1]], [[30, 20, 1], [60, 50, 0], [85, 70, 0]]):
+        ours = pipeline.refine(photo, BOX, points, multimask=multimask)
+        masks, iou = predictor_masks(tiny_segmenter, photo, BOX, points, multimask)
+        assert ours.masks.shape == (3 if multimask else 1, *photo.shape[:2])
+        np.testing.assert_array_equal(ours.masks, masks)
+        np.testing.assert_allclose(ours.iou_scores, iou, atol=1e-5)
+        if not multimask:
+            assert not np.array_equal(ours.masks[0], box_only)  # the clicks changed the mask
+
+
+def test_refine_decodes_once_from_the_cached_embedding(pipeline, photo):
+    pipeline.segment(photo, "red block", box_threshold=0.0)
+    encodes, calls = pipeline.stats.sam_image_encodes, pipeline.stats.sam_decoder_calls
+    first = pipeline.refine(photo, BOX, [[40, 40, 0]])
+    again = pipeline.refine(photo, BOX.tolist(), [(40.0, 40.0, 0)])
+    assert pipeline.stats.sam_image_encodes == encodes  # no second image encoding
+    assert pipeline.stats.sam_decoder_calls == calls + 1  # the repeat came from the mask cache
+    np.testing.assert_array_equal(first.masks, again.masks)
+
+
+def test_box_only_refine_equals_the_box_mask(pipeline, photo):
+    assert np.array_equal(pipeline.refine(photo, BOX, []).masks[0], pipeline.segment_boxes(photo, [BOX]).masks[0])
+
+
+@pytest.mark.parametrize("points, message", [
+    ([[500, 10, 1]], "outside the 160×120 image"),
+    ([[10, -1, 0]], "outside"),
+    ([[10, 10, 2]], "must be 1"),
+    ([[10, 10]], r"must be \[x, y, 1 or 0\]"),
+    ([[float("nan"), 10, 1]], "finite numbers"),
+    ([["10", 10, 1]], "finite numbers"),
+    ([[1, 1, 1]] * 10_000, "at most 32"),
+    ("not a list", "must be a list"),
+])
+def test_bad_clicks_are_edit_errors(pipeline, photo, points, message):
+    with pytest.raises(InvalidEditError, match=message):
+        pipeline.refine(photo, BOX, points)
+
+
+@pytest.mark.parametrize("box", [[10, 10, 10, 50], [200, 200, 300, 300], [1, 2, 3], "box", [0, 0, float("inf"), 5]])
+def test_bad_boxes_are_edit_errors(pipeline, photo, box):
+    with pytest.raises(InvalidEditError):
+        pipeline.refine(photo, box, [])
+
+
+def test_refine_needs_a_segmenter(tiny_detector, photo):
+    with pytest.raises(WeightsUnavailableError):
+        GroundedSAM(tiny_detector, None).refine(photo, BOX, [[10, 10, 1]])
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam_hq"])
+def test_transformers_segmenters_take_clicks_as_their_library_does(family, tmp_path, photo):
+    segmenter = load_segmenter(str(save_tiny(family, tmp_path / family)), device="cpu")
+    points = [[40, 40], [150, 100]]
+    processor = tiny_processor(family)
+    inputs = processor(images=photo, input_points=[[points]], input_labels=[[[0, 1]]], input_boxes=[[BOX.tolist()]],
+                       return_tensors="pt")
+    with torch.inference_mode():
+        outputs = segmenter.model(**{k: inputs[k] for k in ("pixel_values", "input_points", "input_labels", "input_boxes")},
+                                  multimask_output=False)
+    extra = [inputs["reshaped_input_sizes"]] if family == "sam_hq" else []
+    expected = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"], *extra)[0][0].bool().numpy()
+    ours = segmenter.decode_points(segmenter.encode_image(photo), BOX, np.array(points, np.float32), np.array([0, 1]))
+    np.testing.assert_array_equal(ours.masks, expected)
+
