@@ -28,10 +28,18 @@ class HostingLimits:
     cache_mb: int = 1024  # uploads + results under Gradio's cache folder; the oldest go first beyond this
     cache_minutes: float = 15.0  # files not used for this long are deleted
     load_retry_s: float = 300.0  # a model that failed to load is tried again after this (or on "Retry")
+    video_max_seconds: float = 20.0  # a longer video is cut there (said in its status); the Video tab
+    video_max_frames: int = 600
+    video_max_side: int = 640  # px: larger frames are scaled down to this
+    video_max_run_s: float = 300.0  # a video run stops after this, keeping the frames done (ZeroGPU's duration too)
 
     def __post_init__(self) -> None:
-        if min(self.max_upload_mb, self.max_decode_mb, self.max_side, self.cache_mb) <= 0 or self.cache_minutes <= 0:
+        sizes = (self.max_upload_mb, self.max_decode_mb, self.max_side, self.cache_mb, self.video_max_seconds,
+                 self.video_max_frames, self.video_max_side, self.video_max_run_s)  # fmt: skip
+        if min(sizes) <= 0 or self.cache_minutes <= 0:
             raise ValueError("hosting limits must be positive")
+        if not 16 <= self.video_max_side <= 4096:
+            raise ValueError("video_max_side must be 16 to 4096 px")
         if self.cache_mb < 2 * self.max_upload_mb:
             raise ValueError("the disk cache must hold at least two uploads (cache_mb >= 2 x max_upload_mb)")
 
@@ -111,11 +119,26 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
                          default=_number(env, "GROUNDING_LOAD_RETRY_S", defaults.load_retry_s, float),
                          help="seconds before a model that failed to load is tried again; the page's Retry button "
                               "tries at once (env GROUNDING_LOAD_RETRY_S)")
+    hosting.add_argument("--video-max-seconds", type=float,
+                         default=_number(env, "GROUNDING_VIDEO_MAX_SECONDS", defaults.video_max_seconds, float),
+                         help="the Video tab uses at most this much of a video (env GROUNDING_VIDEO_MAX_SECONDS)")
+    hosting.add_argument("--video-max-frames", type=int,
+                         default=_number(env, "GROUNDING_VIDEO_MAX_FRAMES", defaults.video_max_frames),
+                         help="... and at most this many frames (env GROUNDING_VIDEO_MAX_FRAMES)")
+    hosting.add_argument("--video-max-side", type=int,
+                         default=_number(env, "GROUNDING_VIDEO_MAX_SIDE", defaults.video_max_side),
+                         help="video frames are scaled down to this long side (env GROUNDING_VIDEO_MAX_SIDE)")
+    hosting.add_argument("--video-max-run-s", type=float,
+                         default=_number(env, "GROUNDING_VIDEO_MAX_RUN_S", defaults.video_max_run_s, float),
+                         help="a video run stops after this many seconds, keeping the frames done "
+                              "(env GROUNDING_VIDEO_MAX_RUN_S)")
     args = parser.parse_args(argv)
     try:
         limits = HostingLimits(
             max_upload_mb=args.max_upload_mb, max_decode_mb=args.max_decode_mb, max_side=args.max_side,
             cache_mb=args.cache_mb, cache_minutes=args.cache_minutes, load_retry_s=args.load_retry_s,
+            video_max_seconds=args.video_max_seconds, video_max_frames=args.video_max_frames,
+            video_max_side=args.video_max_side, video_max_run_s=args.video_max_run_s,
         )
     except ValueError as error:
         parser.error(str(error))

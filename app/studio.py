@@ -615,6 +615,12 @@ class Studio:
                 f"lists with the batch CLI (python -m grounding.batch)."
             )
 
+    def pipeline_for(self, request: StudioRequest) -> GroundedSAM:
+        """The models `request` names, its prompt checked against the token budget (for the Video tab)."""
+        pipeline = self._pipeline(request)
+        self._check_prompt_size(pipeline, request.prompt or "")
+        return pipeline
+
     def _pipeline(self, request: StudioRequest) -> GroundedSAM:
         """The request's detector pipeline, with the chosen segmenter when one is chosen (the shipped shapes
         pipeline keeps its own: the other segmenters do not know its scenes' scale)."""

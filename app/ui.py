@@ -16,6 +16,8 @@ Named API endpoints (all take the same inputs as the page, in this order, unless
             ...] in the result's pixels (1 = part of it, 0 = not), replacing that object's clicks
   /edit     (the /segment inputs, operation, object, label, box) -> as /segment; operation = drop | restore |
             relabel | add_box | next_mask | undo_point | reset | clear
+  /video    (video, prompt, box_threshold, text_threshold, keyframe_interval, use_sam, model, segmenter)
+            -> (annotated MP4, status HTML, [tracks.json, tracks_mot.txt], JSON summary); the Video tab
 
 Edits live in the session's state (one `gr.State` per browser tab or `gradio_client.Client`), never shared; every
 result event applies them. The page's own curation events (clicks on the picture and the table, the panel's
@@ -46,6 +48,7 @@ from app.rendering import TABLE_HEADERS
 from app.settings import StudioSettings
 from app.studio import CLICK_MODES, CLICK_SELECT, CURATION_HELP, Studio
 from app.uploads import upload_folder
+from app.video import VIDEO_HELP, VideoTab, VideoUpload
 from grounding.pipeline import SUGGESTED_NMS_IOU
 from grounding.text import normalize_caption, split_phrases
 
@@ -117,90 +120,123 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
     select_row = on_gpu(studio.select_row, duration=20)
     refine = on_gpu(studio.refine, duration=20)
     edit = on_gpu(studio.edit, duration=20)
+    video_tab = VideoTab(studio)
     demo_first = studio.demo_mode()  # shapes examples lead when the page runs on the demo models
     age_s = int(studio.limits.cache_minutes * 60)
 
     with StudioBlocks(title=TITLE, delete_cache=(max(60, age_s // 2), age_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         banner = gr.Markdown(studio.banner(), elem_id="weights-banner", visible=bool(studio.banner()))
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=5, min_width=320):
-                image = ImageUpload(
-                    type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=300,
-                    elem_id="input-image",
-                )
-                image.max_data_url_bytes = studio.limits.max_upload_bytes
-                with gr.Row(equal_height=True):
-                    prompt = PromptBox(
-                        label="What to find", placeholder="cat . remote control . person", scale=4,
-                        info="Phrases separated by ' . '", elem_id="prompt", max_lines=3,
-                    )
-                    run = gr.Button("Run", variant="primary", scale=1, min_width=90, elem_id="run")
-                example_slots = gr.Column(elem_id="examples")
-                with gr.Accordion("Thresholds and options", open=True):
-                    box_threshold = ThresholdSlider(
-                        minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold", elem_classes="gsam-slider",
-                        info="keep a box when its best phrase score is above this", elem_id="box-threshold",
-                    )
-                    text_threshold = ThresholdSlider(
-                        minimum=0, maximum=1, value=0.25, step=0.01, label="Text threshold", elem_classes="gsam-slider",
-                        info="words scoring above this form the box's label", elem_id="text-threshold",
-                    )
-                    nms_iou = ThresholdSlider(
-                        minimum=0, maximum=1, value=1.0, step=0.01, label="NMS IoU (1 = off)", elem_classes="gsam-slider",
-                        info=f"drop overlapping boxes of any phrase above this overlap; try {SUGGESTED_NMS_IOU}",
-                        elem_id="nms-iou",
-                    )
-                    with gr.Row():
-                        use_sam = gr.Checkbox(
-                            value=registry.sam_enabled, interactive=registry.sam_enabled, label="Masks (SAM)",
-                            info=None if registry.sam_enabled else "started with --sam none",
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Image", id="image-tab", elem_id="image-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5, min_width=320):
+                        image = ImageUpload(
+                            type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=300,
+                            elem_id="input-image",
                         )
-                        model = gr.Dropdown(
-                            choices=studio.model_choices(), value=registry.default_name, label="Detector",
-                            visible=len(registry.names) > 1, elem_id="model",
+                        image.max_data_url_bytes = studio.limits.max_upload_bytes
+                        with gr.Row(equal_height=True):
+                            prompt = PromptBox(
+                                label="What to find", placeholder="cat . remote control . person", scale=4,
+                                info="Phrases separated by ' . '", elem_id="prompt", max_lines=3,
+                            )
+                            run = gr.Button("Run", variant="primary", scale=1, min_width=90, elem_id="run")
+                        example_slots = gr.Column(elem_id="examples")
+                        with gr.Accordion("Thresholds and options", open=True):
+                            box_threshold = ThresholdSlider(
+                                minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold", elem_classes="gsam-slider",
+                                info="keep a box when its best phrase score is above this", elem_id="box-threshold",
+                            )
+                            text_threshold = ThresholdSlider(
+                                minimum=0, maximum=1, value=0.25, step=0.01, label="Text threshold", elem_classes="gsam-slider",
+                                info="words scoring above this form the box's label", elem_id="text-threshold",
+                            )
+                            nms_iou = ThresholdSlider(
+                                minimum=0, maximum=1, value=1.0, step=0.01, label="NMS IoU (1 = off)", elem_classes="gsam-slider",
+                                info=f"drop overlapping boxes of any phrase above this overlap; try {SUGGESTED_NMS_IOU}",
+                                elem_id="nms-iou",
+                            )
+                            with gr.Row():
+                                use_sam = gr.Checkbox(
+                                    value=registry.sam_enabled, interactive=registry.sam_enabled, label="Masks (SAM)",
+                                    info=None if registry.sam_enabled else "started with --sam none",
+                                )
+                                model = gr.Dropdown(
+                                    choices=studio.model_choices(), value=registry.default_name, label="Detector",
+                                    visible=len(registry.names) > 1, elem_id="model",
+                                )
+                                segmenters = registry.segmenters
+                                segmenter = gr.Dropdown(
+                                    choices=studio.segmenter_choices(), label="Segmenter", elem_id="segmenter",
+                                    value=segmenters.default_name if segmenters else None,
+                                    visible=segmenters is not None and len(segmenters.names) > 1,
+                                    info="the shapes demo model keeps its own",
+                                )
+                        retry = gr.Button("Retry loading the models", size="sm", visible=bool(registry.failures()),
+                                          elem_id="retry-loads")
+                        image_info = gr.Markdown(elem_id="image-info")
+                    with gr.Column(scale=6, min_width=320, elem_id="result-col"):
+                        annotated = gr.Image(
+                            label="Result", type="filepath", format="jpeg", interactive=False, height=440,
+                            buttons=["download", "fullscreen"], elem_id="result-image",
                         )
-                        segmenters = registry.segmenters
-                        segmenter = gr.Dropdown(
-                            choices=studio.segmenter_choices(), label="Segmenter", elem_id="segmenter",
-                            value=segmenters.default_name if segmenters else None,
-                            visible=segmenters is not None and len(segmenters.names) > 1,
-                            info="the shapes demo model keeps its own",
+                        status = gr.HTML(elem_id="status")
+                        download_button = gr.Button("Download masks + COCO (zip)", elem_id="export")
+                        download = gr.DownloadButton(visible="hidden", elem_id="download-file")
+                        table = gr.Dataframe(
+                            headers=TABLE_HEADERS, label="Detections (click a row to select it)", interactive=False,
+                            elem_id="detections", column_widths=["6%", "21%", "9%", "8%", "8%", "8%", "8%", "10%", "22%"], wrap=True,
+                            datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
                         )
-                retry = gr.Button("Retry loading the models", size="sm", visible=bool(registry.failures()),
-                                  elem_id="retry-loads")
-                image_info = gr.Markdown(elem_id="image-info")
-            with gr.Column(scale=6, min_width=320, elem_id="result-col"):
-                annotated = gr.Image(
-                    label="Result", type="filepath", format="jpeg", interactive=False, height=440,
-                    buttons=["download", "fullscreen"], elem_id="result-image",
-                )
-                status = gr.HTML(elem_id="status")
-                download_button = gr.Button("Download masks + COCO (zip)", elem_id="export")
-                download = gr.DownloadButton(visible="hidden", elem_id="download-file")
-                table = gr.Dataframe(
-                    headers=TABLE_HEADERS, label="Detections (click a row to select it)", interactive=False,
-                    elem_id="detections", column_widths=["6%", "21%", "9%", "8%", "8%", "8%", "8%", "10%", "22%"], wrap=True,
-                    datatype=["number", "str", "number", "number", "number", "number", "number", "number"],
-                )
-                with gr.Accordion("Fix objects: select, re-cut a mask with clicks, drop, relabel, add a box",
-                                  open=True, elem_id="curate"):
-                    gr.Markdown(CURATION_HELP)
-                    click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_SELECT, label="A click on the picture will",
-                                          elem_id="click-mode")
-                    with gr.Row():
-                        undo_button = gr.Button("Undo click", size="sm", min_width=80, elem_id="undo-click")
-                        reset_button = gr.Button("Reset mask", size="sm", min_width=80, elem_id="reset-mask")
-                        next_button = gr.Button("Next mask (SAM's 3)", size="sm", min_width=80, elem_id="next-mask")
-                        drop_button = gr.Button("Drop / restore", size="sm", min_width=80, elem_id="drop")
-                        clear_button = gr.Button("Clear all edits", size="sm", min_width=80, elem_id="clear-edits")
-                    with gr.Row(equal_height=True):
-                        label = gr.Dropdown(choices=[], value=None, allow_custom_value=True, scale=4, elem_id="label",
-                                            label="Label (for Relabel, and for an added box): a prompt phrase or any text")
-                        relabel_button = gr.Button("Relabel", size="sm", scale=1, min_width=80, elem_id="relabel")
-                with gr.Accordion("Details: timings, cache, raw JSON", open=False, elem_id="details-box"):
-                    details = gr.Markdown(elem_id="details")
-                    summary = gr.JSON(label="Raw result (JSON)", elem_id="summary")
+                        with gr.Accordion("Fix objects: select, re-cut a mask with clicks, drop, relabel, add a box",
+                                          open=True, elem_id="curate"):
+                            gr.Markdown(CURATION_HELP)
+                            click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_SELECT, label="A click on the picture will",
+                                                  elem_id="click-mode")
+                            with gr.Row():
+                                undo_button = gr.Button("Undo click", size="sm", min_width=80, elem_id="undo-click")
+                                reset_button = gr.Button("Reset mask", size="sm", min_width=80, elem_id="reset-mask")
+                                next_button = gr.Button("Next mask (SAM's 3)", size="sm", min_width=80, elem_id="next-mask")
+                                drop_button = gr.Button("Drop / restore", size="sm", min_width=80, elem_id="drop")
+                                clear_button = gr.Button("Clear all edits", size="sm", min_width=80, elem_id="clear-edits")
+                            with gr.Row(equal_height=True):
+                                label = gr.Dropdown(choices=[], value=None, allow_custom_value=True, scale=4, elem_id="label",
+                                                    label="Label (for Relabel, and for an added box): a prompt phrase or any text")
+                                relabel_button = gr.Button("Relabel", size="sm", scale=1, min_width=80, elem_id="relabel")
+                        with gr.Accordion("Details: timings, cache, raw JSON", open=False, elem_id="details-box"):
+                            details = gr.Markdown(elem_id="details")
+                            summary = gr.JSON(label="Raw result (JSON)", elem_id="summary")
+            with gr.Tab("Video", id="video-tab", elem_id="video-tab"):
+                gr.Markdown(VIDEO_HELP)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5, min_width=320):
+                        video_in = VideoUpload(label="Video", sources=["upload", "webcam"], height=300,
+                                               elem_id="input-video")
+                        with gr.Row(equal_height=True):
+                            video_prompt = PromptBox(label="What to find", placeholder="person . dog . ball", scale=4,
+                                                     elem_id="video-prompt", max_lines=3)
+                            video_run = gr.Button("Run", variant="primary", scale=1, min_width=90, elem_id="video-run")
+                            video_stop = gr.Button("Stop", scale=1, min_width=70, elem_id="video-stop")
+                        video_box = ThresholdSlider(minimum=0, maximum=1, value=0.35, step=0.01, label="Box threshold",
+                                                    elem_id="video-box-threshold")
+                        video_text = ThresholdSlider(minimum=0, maximum=1, value=0.25, step=0.01,
+                                                     label="Text threshold", elem_id="video-text-threshold")
+                        keyframes = gr.Slider(minimum=1, maximum=30, value=5, step=1, label="Keyframe interval",
+                                              info="the detector runs on every k-th frame (1 = every frame, slowest)",
+                                              elem_id="keyframe-interval")
+                        video_sam = gr.Checkbox(value=registry.sam_enabled, interactive=registry.sam_enabled,
+                                                label="Masks (SAM)")
+                        gr.Markdown(f"At most {studio.limits.video_max_seconds:g} s or {studio.limits.video_max_frames} "
+                                    f"frames of a clip are used, at up to {studio.limits.video_max_side} px, and a run "
+                                    f"stops after {studio.limits.video_max_run_s:g} s; Stop keeps the frames done.")
+                    with gr.Column(scale=6, min_width=320):
+                        video_out = gr.Video(label="Tracked", interactive=False, height=440, elem_id="video-result")
+                        video_status = gr.HTML(elem_id="video-status")
+                        video_files = gr.File(label="Tracks (JSON with RLE masks, MOT text)", file_count="multiple",
+                                              interactive=False, elem_id="video-files")
+                        with gr.Accordion("Raw summary (JSON)", open=False):
+                            video_summary = gr.JSON(label="Summary", elem_id="video-summary")
         curation = gr.State(Curation(), time_to_live=EDIT_STATE_SECONDS)
         # API-only parameters of /refine and /edit (never shown)
         api_object = RawNumber(value=0, visible=False, label="object")
@@ -297,6 +333,15 @@ def build_demo(registry: ModelRegistry, studio: Studio | None = None) -> gr.Bloc
         edit_trigger.click(edit, [*inputs, api_operation, api_object, api_label, api_box, curation], edited,
                            api_name="edit", **edit_queue)
         prompt.change(label_choices, prompt, label, api_visibility="private", queue=False)
+
+        # Videos queue on their own (one at a time): a long clip never holds up the Image tab's events.
+        gr.on(
+            [video_run.click, video_prompt.submit], on_gpu(video_tab.run, duration=int(studio.limits.video_max_run_s)),
+            [video_in, video_prompt, video_box, video_text, keyframes, video_sam, model, segmenter],
+            [video_out, video_status, video_files, video_summary], api_name="video", concurrency_id="video",
+            concurrency_limit=1, show_progress="minimal",
+        )
+        video_stop.click(video_tab.stop, None, None, api_visibility="private", queue=False)
     return demo
 
 

@@ -119,3 +119,34 @@ def annotate(
         color=BGR_PALETTE, text_scale=max(0.35, 0.5 * scale), text_thickness=max(1, round(scale)),
         text_padding=max(2, round(4 * scale)),
     ).annotate(scene, detections, labels=labels)
+
+
+def track_colour(track_id: int) -> str:
+    """"#rrggbb" of a track's colour in `annotate_tracks`."""
+    r, g, b = RGB_COLOURS[track_id % len(RGB_COLOURS)]
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def annotate_tracks(
+    pixels: np.ndarray,
+    boxes: np.ndarray,
+    masks: np.ndarray | None,
+    track_ids: Sequence[int],
+    labels: Sequence[str],
+) -> np.ndarray:
+    """A video frame [H, W, 3] uint8 RGB with tracked objects drawn: boxes [N, 4] xyxy px, masks [N, H, W] bool or
+    None, one colour per track id (the palette entry `id`, so an object keeps its colour for the whole video),
+    `labels` such as "red circle #3". Returns a new array."""
+    scene = np.array(pixels)
+    if len(boxes) == 0:
+        return scene
+    colour_ids = np.asarray(track_ids, int) % len(RGB_COLOURS)
+    if masks is not None:
+        scene = blend_masks(scene, np.ascontiguousarray(masks), RGB_COLOURS[colour_ids])
+    detections = sv.Detections(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4), class_id=colour_ids)
+    scale = max(scene.shape[:2]) / LABEL_REFERENCE_SIDE
+    scene = sv.BoxAnnotator(color=BGR_PALETTE, thickness=max(1, round(1.5 * scale))).annotate(scene, detections)
+    return sv.LabelAnnotator(
+        color=BGR_PALETTE, text_scale=max(0.35, 0.5 * scale), text_thickness=max(1, round(scale)),
+        text_padding=max(2, round(4 * scale)),
+    ).annotate(scene, detections, labels=list(labels))

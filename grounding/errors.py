@@ -47,3 +47,9 @@ class InvalidEditError(GroundingError):
     """A curation edit cannot be applied (a point outside the image, an object no longer shown, a too long label)."""
 
     title = "Edit problem"
+
+
+class InvalidVideoError(GroundingError):
+    """The video cannot be used (not a video, damaged, no frames, frames too large, ...)."""
+
+    title = "Video problem"

@@ -204,6 +204,12 @@ class GroundedSAM:
         return GroundedSAM(self.detector, segmenter, caches=self.caches, image_limits=self.image_limits,
                            run_lock=self.run_lock, precision=self.precision)
 
+    def with_caches(self, cache_config: CacheConfig) -> "GroundedSAM":
+        """The same models, limits and run lock behind caches of their own (a video's frames would otherwise push
+        every other user's images out of shared caches)."""
+        return GroundedSAM(self.detector, self.segmenter, cache_config=cache_config, image_limits=self.image_limits,
+                           run_lock=self.run_lock, precision=self.precision)
+
     @property
     def device(self) -> str:
         device = getattr(self.detector, "device", None) or (self.segmenter.device if self.segmenter else "cpu")

@@ -25,6 +25,7 @@ from grounding.checkpoint import map_tensors_keeping_ties
 from grounding.detector import GroundingDetector
 from grounding.errors import WeightsUnavailableError
 from grounding.pipeline import GroundedSAM
+from grounding.precision import resolve_precision
 from grounding.segmenters.sam import SamSegmenter
 
 SHAPES_NAME = "shapes"
@@ -63,6 +64,19 @@ def load_shapes_pipeline(
     segmenter = SamSegmenter.from_pretrained(SAM_VARIANT, checkpoint=directory / SAM_FILE, device=device, download=False)
     detector.name = segmenter.name = SHAPES_NAME
     return GroundedSAM(detector, segmenter, caches=caches, run_lock=run_lock, precision=precision)
+
+
+def load_named_pipeline(detector: str, sam: str | None = "auto", device: str | torch.device | None = None,
+                        sam_checkpoint: str | os.PathLike | None = None, precision: str = "auto",
+                        download: bool = True) -> GroundedSAM:  # fmt: skip
+    """`GroundedSAM.from_names`, plus `detector="shapes"`: the shipped bundle (its detector with its SAM; `sam=None`
+    for boxes only), as the studio's model menu offers it. For the command-line tools."""
+    if detector != SHAPES_NAME:
+        return GroundedSAM.from_names(detector, sam=sam, device=device, sam_checkpoint=sam_checkpoint,
+                                      precision=precision, download=download)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipeline = load_shapes_pipeline(device, precision=resolve_precision(precision, device))
+    return pipeline if sam is not None else pipeline.with_segmenter(None)
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -63,6 +63,7 @@ class DemoRecipe:
     sam_lr: float = 4e-4
     sam_point_fraction: float = 0.5  # objects prompted with box + clicks (the studio's refinement); see sam_trainer
     sam_train_encoder: bool = True  # False for a decoder-only fine-tune (--sam-freeze-encoder)
+    sam_merged_fraction: float = 0.5  # of the clicked objects, prompted with a box over a neighbour too
     workers: int = 0  # data generation processes and DataLoader workers
     anneal_to_time_limit: bool = False
     init_detector: str | None = None  # continue from these weights instead of random ones
@@ -116,6 +117,7 @@ def _train_sam(out: Path, recipe: DemoRecipe, minutes: float | None, device: str
         epochs=recipe.sam_epochs, batch_size=recipe.sam_batch_size, lr=recipe.sam_lr, seed=recipe.seed,
         num_workers=recipe.workers, anneal_to_time_limit=recipe.anneal_to_time_limit,
         point_fraction=recipe.sam_point_fraction, train_image_encoder=recipe.sam_train_encoder,
+        merged_fraction=recipe.sam_merged_fraction,
     )  # fmt: skip
     sam = build_sam(SAM_VARIANTS[recipe.sam_variant])
     if recipe.init_sam:
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sam-lr", type=float, default=defaults.sam_lr)
     parser.add_argument("--sam-point-fraction", type=float, default=defaults.sam_point_fraction,
                         help="objects prompted with box + clicks in SAM training (0: boxes only)")
+    parser.add_argument("--sam-merged-fraction", type=float, default=defaults.sam_merged_fraction,
+                        help="of the clicked objects, those prompted with a box over a neighbour and a 'not this' click")
     parser.add_argument("--sam-freeze-encoder", action="store_true",
                         help="train only SAM's prompt encoder and mask decoder (a fine-tune from --init-sam)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) - 1)
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
         init_detector=args.init_detector, init_sam=args.init_sam, sam_lr=args.sam_lr,
         sam_point_fraction=args.sam_point_fraction, sam_train_encoder=not args.sam_freeze_encoder,
+        sam_merged_fraction=args.sam_merged_fraction,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -68,7 +68,7 @@ def _shape_polygon(shape: str, cx: float, cy: float, radius: float, angle: float
     return points
 
 
-def _shape_mask(shape: str, size: tuple[int, int], cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+def shape_mask(shape: str, size: tuple[int, int], cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
     canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
     if shape in ("circle", "ring"):
@@ -81,7 +81,7 @@ def _shape_mask(shape: str, size: tuple[int, int], cx: float, cy: float, radius:
     return np.asarray(canvas) > 127
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+def textured_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """A muted textured background [H, W, 3] uint8: noise plus stripes, checks, a gradient or soft blobs."""
     width, height = size
     base = rng.uniform(70, 190, size=3)
@@ -115,7 +115,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
 def render_scene(rng: np.random.Generator, config: ShapesConfig) -> tuple[Image.Image, list[ShapeInstance]]:
     """One scene: an RGB image and its objects (visible masks), drawn back to front."""
     width, height = config.image_size
-    image = _background(rng, config.image_size).astype(np.float32)
+    image = textured_background(rng, config.image_size).astype(np.float32)
     short_side = min(width, height)
     names = category_names()
     full_masks: list[np.ndarray] = []
@@ -128,7 +128,7 @@ def render_scene(rng: np.random.Generator, config: ShapesConfig) -> tuple[Image.
         radius = rng.uniform(config.min_radius, config.max_radius) * short_side
         cx, cy = rng.uniform(radius * 0.7, width - radius * 0.7), rng.uniform(radius * 0.7, height - radius * 0.7)
         category = names[int(rng.integers(len(names)))]
-        mask = _shape_mask(category.split()[1], config.image_size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+        mask = shape_mask(category.split()[1], config.image_size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
         if mask.sum() < 64:
             continue
         candidate_visible = [v & ~mask for v in visible]
