@@ -1,10 +1,12 @@
 """Text-prompted tracking, frame by frame: the detector on keyframes, ByteTrack for identities, SAM for masks.
 
 Every `keyframe_interval`-th frame (the first included) runs the whole pipeline: Grounding DINO's boxes for the
-prompt, and SAM's mask for each. Between keyframes no detector runs: each object of the previous frame is carried
-to the next one by SAM, prompted with its last box moved by its last motion; the new box is the new mask's extent
-(kept within that prompt grown by `CARRY_MARGIN`). An object whose carried mask vanishes (it left the picture)
-is carried no further. With masks off, the box itself moves by its motion.
+prompt, and SAM's mask for each. Between keyframes no detector runs: each object's keyframe box moves along by the
+object's motion (px per frame: from its detector boxes at its last two keyframes, or, for a new object, from its
+mask frame to frame), and SAM, prompted with that box, cuts the object's mask in the new frame (kept within the
+box grown by `CARRY_MARGIN`). An object whose carried mask vanishes (it left the picture) is carried no further.
+The box stays the detector's, moved: a mask's extent would follow SAM's errors (a star's missed tip). With masks
+off, the boxes move the same way.
 
 Identities come from supervision's ByteTrack, fed every frame (the keyframe's detections or the carried ones):
 it matches boxes to tracks by IoU after its Kalman prediction, starts a track for a detection no track explains,
@@ -29,7 +31,7 @@ from grounding.pipeline import GroundedSAM, check_nms_iou
 from grounding.postprocess import check_threshold
 from grounding.text import normalize_caption, split_phrases
 
-CARRY_MARGIN = 0.25  # a carried box may grow by this fraction of its side per frame, each way
+CARRY_MARGIN = 0.25  # a carried mask is kept within its prompt grown by this fraction of its side, each way
 MIN_MASK_PIXELS = 4  # a carried mask smaller than this means the object is gone
 # A video's frames pass through once: caches of their own, a frame or two deep.
 VIDEO_CACHES = CacheConfig(image_entries=2, image_bytes=256 << 20, raw_entries=2, raw_bytes=64 << 20,
@@ -99,7 +101,7 @@ class VideoTracker:
         self._index = 0
         # what was fed to ByteTrack last frame: boxes [N, 4], motion [N, 4] px/frame, masks, scores, phrases
         self._carried: sv.Detections = sv.Detections.empty()
-        self._anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track id -> (anchor box, motion) last frame
+        self._motion: dict[int, _Motion] = {}  # track id -> how it moves (tracks of the last frame)
 
     def step(self, frame: np.ndarray) -> TrackedFrame:
         """frame [H, W, 3] uint8 RGB, the next one of the video -> its tracked objects."""
@@ -109,23 +111,36 @@ class VideoTracker:
         fed.data["row"] = np.arange(len(fed))
         tracked = self.byte_track.update_with_detections(fed)
         motion = np.array(fed.data["motion"], np.float32).reshape(-1, 4)
-        objects, anchors = [], {}
+        objects, states = [], {}
         for row, track_id in zip(tracked.data.get("row", []), tracked.tracker_id.tolist()):
             box = fed.xyxy[row]
             mask = fed.mask[row] if fed.mask is not None else None
-            # Motion from the track's anchor (its mask's extent, else its box) frame to frame, smoothed: mask extents
-            # jitter by a pixel or two, and a keyframe's detector box differs from the mask's extent.
-            anchors[track_id] = _extent(mask) if mask is not None and mask.any() else box
-            if track_id in self._anchors:
-                previous_anchor, previous_motion = self._anchors[track_id]
-                motion[row] = 0.5 * previous_motion + 0.5 * (anchors[track_id] - previous_anchor)
-            anchors[track_id] = (anchors[track_id], motion[row])
+            extent = _extent(mask) if mask is not None and mask.any() else box
+            states[track_id] = self._moved(self._motion.get(track_id), keyframe, _centre(box), _centre(extent))
+            motion[row] = states[track_id].motion
             objects.append(TrackedObject(track_id, str(fed.data["phrase"][row]), float(fed.confidence[row]), box.copy(), mask))
         fed.data["motion"] = motion
-        self._carried, self._anchors = fed, anchors
+        self._carried, self._motion = fed, states
         self._index += 1
         objects.sort(key=lambda o: o.track_id)
         return TrackedFrame(self._index - 1, keyframe, objects, time.perf_counter() - start)
+
+    def _moved(self, state: "_Motion | None", keyframe: bool, box_centre: np.ndarray, mask_centre: np.ndarray) -> "_Motion":
+        """A track's motion after this frame. Keyframe to keyframe, the detector's box centres give it (the same kind
+        of box at both ends: steady, and zero for an object that stopped). Until a track has two keyframes, the
+        centre of its mask's extent from frame to frame gives it, smoothed."""
+        index = self._index
+        if state is None:
+            return _Motion(mask_centre, np.zeros(4, np.float32), box_centre if keyframe else None, index if keyframe else None, False)
+        if keyframe:
+            if state.key_index is not None:
+                motion = (box_centre - state.key_centre) / (index - state.key_index)
+                return _Motion(mask_centre, motion.astype(np.float32), box_centre, index, True)
+            return _Motion(mask_centre, state.motion, box_centre, index, False)
+        if state.from_keyframes:
+            return _Motion(mask_centre, state.motion, state.key_centre, state.key_index, True)
+        motion = 0.5 * state.motion + 0.5 * (mask_centre - state.centre)
+        return _Motion(mask_centre, motion.astype(np.float32), state.key_centre, state.key_index, False)
 
     def _detect(self, frame: np.ndarray) -> sv.Detections:
         c = self.config
@@ -140,28 +155,48 @@ class VideoTracker:
             return _detections(np.zeros((0, 4)), np.zeros(0), [], None, np.zeros((0, 4)))
         height, width = frame.shape[:2]
         motion = np.asarray(carried.data["motion"], np.float32).reshape(-1, 4)
-        prompts = _clip(carried.xyxy + motion, width, height)  # [N, 4]
+        # The prompt is the keyframe's box moved along: prompting with the last mask's extent would feed SAM's
+        # errors back (a missed tip shrinks the next prompt, which misses more).
+        prompts = _clip(np.asarray(carried.data["prompt"], np.float32).reshape(-1, 4) + motion, width, height)  # [N, 4]
         alive = (prompts[:, 2] - prompts[:, 0] >= 1) & (prompts[:, 3] - prompts[:, 1] >= 1)
         boxes, masks = prompts, None
         if self.with_masks and alive.any():
             masks = np.zeros((len(prompts), height, width), bool)
             masks[alive] = self.pipeline.segment_boxes(frame, prompts[alive]).masks
-            boxes, alive = _mask_boxes(masks, prompts, alive, width, height)
+            alive = _keep_masks(masks, prompts, alive, width, height)
         elif self.with_masks:
             masks = np.zeros((len(prompts), height, width), bool)
         keep = np.flatnonzero(alive)
         return _detections(boxes[keep], carried.confidence[keep], list(carried.data["phrase"][keep]),
-                           masks[keep] if masks is not None else None, motion[keep])
+                           masks[keep] if masks is not None else None, motion[keep], prompts[keep])
+
+
+@dataclass(frozen=True)
+class _Motion:
+    centre: np.ndarray  # [4] (x, y, x, y) of the track's mask extent (else box) in its last frame
+    motion: np.ndarray  # [4] px per frame
+    key_centre: np.ndarray | None  # [4] its detector box's centre at its last keyframe
+    key_index: int | None  # that keyframe's index
+    from_keyframes: bool  # the motion comes from two keyframes
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.tile((box[:2] + box[2:]) / 2, 2).astype(np.float32)
 
 
 def _detections(boxes: np.ndarray, scores: np.ndarray, phrases: list[str], masks: np.ndarray | None,
-                motion: np.ndarray) -> sv.Detections:  # fmt: skip
+                motion: np.ndarray, prompts: np.ndarray | None = None) -> sv.Detections:  # fmt: skip
+    """What ByteTrack is fed: boxes [N, 4], scores, masks, and in `data` each object's phrase, motion [N, 4] (px per
+    frame) and SAM prompt box [N, 4] (the box itself on keyframes)."""
     count = len(phrases)
+    boxes = np.asarray(boxes, np.float32).reshape(count, 4)
     return sv.Detections(
-        xyxy=np.asarray(boxes, np.float32).reshape(count, 4),
+        xyxy=boxes,
         confidence=np.asarray(scores, np.float32).reshape(count),
         mask=None if masks is None else np.asarray(masks, bool).reshape(count, *np.shape(masks)[1:]),
-        data={"phrase": np.array(phrases, dtype=object).reshape(count), "motion": np.asarray(motion, np.float32).reshape(count, 4)},
+        data={"phrase": np.array(phrases, dtype=object).reshape(count),
+              "motion": np.asarray(motion, np.float32).reshape(count, 4),
+              "prompt": boxes.copy() if prompts is None else np.asarray(prompts, np.float32).reshape(count, 4)},
     )
 
 
@@ -175,19 +210,16 @@ def _clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
 
 
-def _mask_boxes(masks: np.ndarray, prompts: np.ndarray, alive: np.ndarray, width: int, height: int):
-    """Each carried object's new box: its mask's extent within the prompt grown by CARRY_MARGIN; an object whose
-    mask is (nearly) empty there is gone. Masks outside that window are cleared."""
+def _keep_masks(masks: np.ndarray, prompts: np.ndarray, alive: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clears each carried mask outside its prompt grown by CARRY_MARGIN; an object whose mask is (nearly) empty
+    there is gone. Returns the objects still alive."""
     sides = prompts[:, 2:] - prompts[:, :2]  # [N, 2] (w, h)
     windows = np.round(_clip(prompts + np.concatenate([-sides, sides], 1) * CARRY_MARGIN, width, height)).astype(int)
-    boxes, alive = prompts.copy(), alive.copy()
+    alive = alive.copy()
     for i in np.flatnonzero(alive):
         x1, y1, x2, y2 = windows[i]
         inside = masks[i, y1:y2, x1:x2].copy()
         masks[i] = False
         masks[i, y1:y2, x1:x2] = inside
-        if np.count_nonzero(inside) < MIN_MASK_PIXELS:
-            alive[i] = False
-            continue
-        boxes[i] = _extent(masks[i])
-    return boxes, alive
+        alive[i] = np.count_nonzero(inside) >= MIN_MASK_PIXELS
+    return alive
