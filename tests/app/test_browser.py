@@ -145,6 +145,8 @@ def test_click_selects_then_a_point_recuts_the_mask_and_undo_takes_it_back(brows
     page.locator("#run").click()
     page.locator("#status").get_by_text(re.compile(r"\d+ objects?")).wait_for()
     assert object_count(page) >= 1
+    table_rows(page, object_count(page))  # the table follows the status line
+    page.locator("#detections [role=row]").nth(1).locator("[role=gridcell]").nth(6).wait_for()
     first_row = page.locator("#detections [role=row]").nth(1).locator("[role=gridcell]").all_inner_texts()
     x1, y1, x2, y2 = (float(v) for v in first_row[3:7])
 
