@@ -87,17 +87,20 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except GroundingError as error:
-            raise gr.Error(redact_paths(str(error)), title=error.title, print_exception=False) from error
         except Exception as error:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(
-                f"Something went wrong inside the studio ({type(error).__name__}); the server log has the details.",
-                title="Internal error",
-                print_exception=False,
-            ) from error
+            raise user_error(error, fn.__name__) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def user_error(error: Exception, where: str) -> gr.Error:
+    """What the caller is told about `error` raised in `where`: a typed error's message (paths taken out), else a
+    short "internal error" (the full one goes to the log)."""
+    if isinstance(error, GroundingError):
+        return gr.Error(redact_paths(str(error)), title=error.title, print_exception=False)
+    log.exception("unexpected error in %s", where)
+    return gr.Error(f"Something went wrong inside the studio ({type(error).__name__}); the server log has the details.",
+                    title="Internal error", print_exception=False)
 
 
 class OutputFiles:

@@ -21,6 +21,8 @@ REFUSED_SOURCE = (
     "Paths and links are not read."
 )
 EXPIRED_UPLOAD = "The uploaded image is no longer on the server (uploads are cleared after a while); upload it again."
+REFUSED_VIDEO_SOURCE = "Only videos uploaded with the request are accepted: upload the file. Paths and links are not read."
+EXPIRED_VIDEO_UPLOAD = "The uploaded video is no longer on the server (uploads are cleared after a while); upload it again."
 
 
 class RefusedInput(ValueError):
@@ -42,25 +44,26 @@ def upload_folder() -> str:
     return os.path.realpath(get_upload_folder())
 
 
-def confined_path(path: str) -> str:
-    """The real path of `path` if it is a file inside the upload folder; RefusedInput otherwise.
+def confined_path(path: str, refused: str = REFUSED_SOURCE, expired: str = EXPIRED_UPLOAD) -> str:
+    """The real path of `path` if it is a file inside the upload folder; RefusedInput otherwise (with `refused`, or
+    `expired` for a received file since deleted).
 
     The path must be inside the folder as written (absolute, no ".." part) and once symlinks are resolved;
     nothing outside the folder is looked at, so the answer never depends on what exists out there.
     """
     if not isinstance(path, str) or not path or "\0" in path or "://" in path or ".." in path.split(os.sep):
-        raise RefusedInput(REFUSED_SOURCE)
+        raise RefusedInput(refused)
     root = upload_folder()
     if not _inside(os.path.abspath(path), root) and not _inside(os.path.abspath(path), get_upload_folder()):
-        raise RefusedInput(REFUSED_SOURCE)
+        raise RefusedInput(refused)
     try:
         real = os.path.realpath(path)
         if not _inside(real, root):
-            raise RefusedInput(REFUSED_SOURCE)
+            raise RefusedInput(refused)
         if not os.path.isfile(real):
-            raise RefusedInput(EXPIRED_UPLOAD)
+            raise RefusedInput(expired)
     except OSError:
-        raise RefusedInput(REFUSED_SOURCE) from None
+        raise RefusedInput(refused) from None
     return real
 
 

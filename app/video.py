@@ -10,7 +10,6 @@ frames done, with their tracks.
 from __future__ import annotations
 
 import html
-import logging
 import math
 import threading
 import time
@@ -22,8 +21,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 from gradio_client.utils import is_http_url_like
 
-from app.messages import redact_paths
-from app.uploads import REFUSED_SOURCE, RefusedInput, confined_path
+from app.uploads import EXPIRED_VIDEO_UPLOAD, REFUSED_VIDEO_SOURCE, RefusedInput, confined_path
 from grounding.drawing import track_colour
 from grounding.errors import GroundingError, InvalidOptionError, InvalidVideoError
 from grounding.video import VideoJob, VideoLimits
@@ -32,7 +30,6 @@ from grounding.video.tracker import TrackerConfig
 if TYPE_CHECKING:
     from app.studio import Studio
 
-log = logging.getLogger(__name__)
 VIDEO_HELP = (
     "Upload a short clip (or record one), say what to find, and Run: the detector looks every *k*-th frame, "
     "the objects are followed in between, and each keeps its id (`red circle #2`) and colour while it is in view. "
@@ -53,14 +50,14 @@ class VideoUpload(gr.Video):
             return None
         try:
             if payload.path:
-                return confined_path(payload.path)
+                return confined_path(payload.path, REFUSED_VIDEO_SOURCE, EXPIRED_VIDEO_UPLOAD)
         except RefusedInput as refused:
-            raise gr.Error(str(refused).replace("image", "video"), title="Video problem", print_exception=False) from None
-        raise gr.Error(REFUSED_SOURCE.replace("image", "video"), title="Video problem", print_exception=False)
+            raise gr.Error(str(refused), title="Video problem", print_exception=False) from None
+        raise gr.Error(REFUSED_VIDEO_SOURCE, title="Video problem", print_exception=False)
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
         if isinstance(url_or_file_path, str) and is_http_url_like(url_or_file_path):
-            raise gr.Error(REFUSED_SOURCE.replace("image", "video"), title="Video problem", print_exception=False)
+            raise gr.Error(REFUSED_VIDEO_SOURCE, title="Video problem", print_exception=False)
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
@@ -89,7 +86,7 @@ class VideoTab:
             progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # fmt: skip
         """Yields (annotated video, status HTML, [tracks.json, tracks_mot.txt], summary JSON): the status alone
         while it runs, everything at the end (also after Stop or the time limit: the frames done)."""
-        from app.studio import StudioRequest
+        from app.studio import StudioRequest, user_error
 
         session = _session(request)
         with self._lock:
@@ -108,7 +105,7 @@ class VideoTab:
             out_dir = self.outputs.new_path("", stem="video")
             job = VideoJob(pipeline, video, studio_request.prompt or "", out_dir, config, video_limits)
         except GroundingError as error:
-            raise gr.Error(redact_paths(str(error)), title=error.title, print_exception=False) from None
+            raise user_error(error, "video") from None
         notes = [] if pipeline.segmenter is not None or not use_sam else ["No segmenter is loaded: boxes only."]
         total, deadline = job.info.frames, time.monotonic() + limits.video_max_run_s
         try:
@@ -117,25 +114,23 @@ class VideoTab:
                     done = tracked.index + 1
                     progress((done, total) if total else done, desc="frames", unit="frames")
                     if self._stops.get(session) is not None:
-                        notes.append(f"Stopped at your request after frame {done}.")
+                        job.stop_reason = f"Stopped at your request after frame {done}."
                         break
                     if time.monotonic() > deadline:
-                        notes.append(f"Stopped after {limits.video_max_run_s:g} s (the server's time limit per video), "
-                                     f"at frame {done}.")
+                        job.stop_reason = (f"Stopped after {limits.video_max_run_s:g} s (the server's time limit per "
+                                           f"video), at frame {done}.")
                         break
                     if done % PROGRESS_EVERY == 0:
                         yield gr.skip(), _running_status(done, total), gr.skip(), gr.skip()
-        except GroundingError as error:
-            raise gr.Error(redact_paths(str(error)), title=error.title, print_exception=False) from None
+        except gr.Error:
+            raise
         except Exception as error:
-            log.exception("unexpected error while tracking a video")
-            raise gr.Error(f"Something went wrong inside the studio ({type(error).__name__}); the server log has the "
-                           "details.", title="Internal error", print_exception=False) from error
+            raise user_error(error, "video") from error
         finally:
             with self._lock:
                 self._stops.pop(session, None)
         summary = job.summary()
-        summary.notes = [note for note in summary.notes if not note.startswith("Stopped after frame")] + notes
+        summary.notes += notes
         public = {k: v for k, v in summary.to_dict().items() if k != "outputs"}
         files = [summary.outputs["tracks"], summary.outputs["mot"]]
         yield summary.outputs["video"], _done_status(summary), files, public

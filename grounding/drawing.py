@@ -112,13 +112,17 @@ def annotate(
         confidence=np.asarray(result.scores, np.float32)[order],
         class_id=class_ids[order],
     )
+    return draw_boxes(scene, detections, [f"{result.phrases[i]} {result.scores[i]:.2f}" for i in order])
+
+
+def draw_boxes(scene: np.ndarray, detections: sv.Detections, labels: Sequence[str]) -> np.ndarray:
+    """Boxes and labels on `scene` (drawn on), coloured by `class_id`, line and text sized for the picture."""
     scale = max(scene.shape[:2]) / LABEL_REFERENCE_SIDE
     scene = sv.BoxAnnotator(color=BGR_PALETTE, thickness=max(1, round(1.5 * scale))).annotate(scene, detections)
-    labels = [f"{result.phrases[i]} {result.scores[i]:.2f}" for i in order]
     return sv.LabelAnnotator(
         color=BGR_PALETTE, text_scale=max(0.35, 0.5 * scale), text_thickness=max(1, round(scale)),
         text_padding=max(2, round(4 * scale)),
-    ).annotate(scene, detections, labels=labels)
+    ).annotate(scene, detections, labels=list(labels))
 
 
 def track_colour(track_id: int) -> str:
@@ -143,10 +147,4 @@ def annotate_tracks(
     colour_ids = np.asarray(track_ids, int) % len(RGB_COLOURS)
     if masks is not None:
         scene = blend_masks(scene, np.ascontiguousarray(masks), RGB_COLOURS[colour_ids])
-    detections = sv.Detections(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4), class_id=colour_ids)
-    scale = max(scene.shape[:2]) / LABEL_REFERENCE_SIDE
-    scene = sv.BoxAnnotator(color=BGR_PALETTE, thickness=max(1, round(1.5 * scale))).annotate(scene, detections)
-    return sv.LabelAnnotator(
-        color=BGR_PALETTE, text_scale=max(0.35, 0.5 * scale), text_thickness=max(1, round(scale)),
-        text_padding=max(2, round(4 * scale)),
-    ).annotate(scene, detections, labels=list(labels))
+    return draw_boxes(scene, sv.Detections(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4), class_id=colour_ids), labels)

@@ -63,6 +63,7 @@ class VideoJob:
             self.frames.close()
             raise
         self.done = self.keyframes = 0
+        self.stop_reason: str | None = None  # why a caller ended the run early, for the notes (set before closing)
         self.finished = False
         self._closed = False
 
@@ -98,8 +99,9 @@ class VideoJob:
 
     @property
     def notes(self) -> list[str]:
-        stopped = [] if self.finished or not self.done else [f"Stopped after frame {self.done}; the outputs hold the frames before."]
-        return self.frames.notes + stopped
+        if self.finished or not self.done:
+            return list(self.frames.notes)
+        return self.frames.notes + [self.stop_reason or f"Stopped after frame {self.done}; the outputs hold the frames before."]
 
     def summary(self) -> VideoSummary:
         return VideoSummary(

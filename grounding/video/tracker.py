@@ -29,7 +29,7 @@ from grounding.cache import CacheConfig
 from grounding.errors import InvalidOptionError
 from grounding.pipeline import GroundedSAM, check_nms_iou
 from grounding.postprocess import check_threshold
-from grounding.text import normalize_caption, split_phrases
+from grounding.text import normalize_caption
 
 CARRY_MARGIN = 0.25  # a carried mask is kept within its prompt grown by this fraction of its side, each way
 MIN_MASK_PIXELS = 4  # a carried mask smaller than this means the object is gone
@@ -44,7 +44,7 @@ class TrackerConfig:
     box_threshold: float = 0.35
     text_threshold: float = 0.25
     nms_iou: float | None = None
-    masks: bool = True  # SAM masks (and mask-carried boxes between keyframes); False: boxes only
+    masks: bool = True  # SAM masks (which also say when a carried object has left); False: boxes only
     lost_track_buffer: int = 30  # frames a track survives unmatched (at 30 fps; ByteTrack scales it by fps)
     track_activation_threshold: float = 0.25  # ByteTrack: detections at or above this can start a track
     minimum_matching_threshold: float = 0.8  # ByteTrack: 1 - IoU above this never matches
@@ -85,7 +85,6 @@ class VideoTracker:
                  fps: float = 30.0) -> None:  # fmt: skip
         self.config = config.checked()
         self.prompt = normalize_caption(prompt)
-        self.phrases = split_phrases(self.prompt)
         self.with_masks = config.masks and pipeline.segmenter is not None
         self.pipeline = pipeline.with_caches(VIDEO_CACHES)
         with warnings.catch_warnings():  # supervision < 0.31 keeps ByteTrack, marked deprecated (see requirements)
@@ -99,7 +98,7 @@ class VideoTracker:
                 frame_rate=fps,
             )
         self._index = 0
-        # what was fed to ByteTrack last frame: boxes [N, 4], motion [N, 4] px/frame, masks, scores, phrases
+        # what was fed to ByteTrack last frame (`_detections`): boxes, scores, masks, phrases, motion
         self._carried: sv.Detections = sv.Detections.empty()
         self._motion: dict[int, _Motion] = {}  # track id -> how it moves (tracks of the last frame)
 
@@ -155,20 +154,19 @@ class VideoTracker:
             return _detections(np.zeros((0, 4)), np.zeros(0), [], None, np.zeros((0, 4)))
         height, width = frame.shape[:2]
         motion = np.asarray(carried.data["motion"], np.float32).reshape(-1, 4)
-        # The prompt is the keyframe's box moved along: prompting with the last mask's extent would feed SAM's
-        # errors back (a missed tip shrinks the next prompt, which misses more).
-        prompts = _clip(np.asarray(carried.data["prompt"], np.float32).reshape(-1, 4) + motion, width, height)  # [N, 4]
-        alive = (prompts[:, 2] - prompts[:, 0] >= 1) & (prompts[:, 3] - prompts[:, 1] >= 1)
-        boxes, masks = prompts, None
-        if self.with_masks and alive.any():
-            masks = np.zeros((len(prompts), height, width), bool)
-            masks[alive] = self.pipeline.segment_boxes(frame, prompts[alive]).masks
-            alive = _keep_masks(masks, prompts, alive, width, height)
-        elif self.with_masks:
-            masks = np.zeros((len(prompts), height, width), bool)
+        # The box (SAM's prompt) is the last one moved along, the keyframe's box in the end: prompting with the last
+        # mask's extent would feed SAM's errors back (a missed tip shrinks the next prompt, which misses more).
+        boxes = _clip(carried.xyxy + motion, width, height)  # [N, 4]
+        alive = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        masks = None
+        if self.with_masks:
+            masks = np.zeros((len(boxes), height, width), bool)
+            if alive.any():
+                masks[alive] = self.pipeline.segment_boxes(frame, boxes[alive]).masks
+                alive = _keep_masks(masks, boxes, alive, width, height)
         keep = np.flatnonzero(alive)
         return _detections(boxes[keep], carried.confidence[keep], list(carried.data["phrase"][keep]),
-                           masks[keep] if masks is not None else None, motion[keep], prompts[keep])
+                           masks[keep] if masks is not None else None, motion[keep])
 
 
 @dataclass(frozen=True)
@@ -185,18 +183,15 @@ def _centre(box: np.ndarray) -> np.ndarray:
 
 
 def _detections(boxes: np.ndarray, scores: np.ndarray, phrases: list[str], masks: np.ndarray | None,
-                motion: np.ndarray, prompts: np.ndarray | None = None) -> sv.Detections:  # fmt: skip
-    """What ByteTrack is fed: boxes [N, 4], scores, masks, and in `data` each object's phrase, motion [N, 4] (px per
-    frame) and SAM prompt box [N, 4] (the box itself on keyframes)."""
+                motion: np.ndarray) -> sv.Detections:  # fmt: skip
+    """What ByteTrack is fed: boxes [N, 4] (SAM's prompts on carried frames), scores, masks, and in `data` each
+    object's phrase and motion [N, 4] (px per frame)."""
     count = len(phrases)
-    boxes = np.asarray(boxes, np.float32).reshape(count, 4)
     return sv.Detections(
-        xyxy=boxes,
+        xyxy=np.asarray(boxes, np.float32).reshape(count, 4),
         confidence=np.asarray(scores, np.float32).reshape(count),
         mask=None if masks is None else np.asarray(masks, bool).reshape(count, *np.shape(masks)[1:]),
-        data={"phrase": np.array(phrases, dtype=object).reshape(count),
-              "motion": np.asarray(motion, np.float32).reshape(count, 4),
-              "prompt": boxes.copy() if prompts is None else np.asarray(prompts, np.float32).reshape(count, 4)},
+        data={"phrase": np.array(phrases, dtype=object).reshape(count), "motion": np.asarray(motion, np.float32).reshape(count, 4)},
     )
 
 
