@@ -247,19 +247,11 @@ def curate(curation: Curation, result: GroundedResult, pipeline: GroundedSAM, lo
     """`result` with `curation`'s edits: relabels, drops, added boxes (masked by SAM when masks are on) and refined
     masks (one decoder call per object whose clicks are not cached yet)."""
     with_masks = result.masks is not None
+    listed = _detector_rows(result)
     if curation.empty:  # the common case, on every slider move: no copy of the masks
-        objects = [
-            ListedObject(i + 1, box_key(box), np.asarray(box, np.float32), float(score), phrase, phrase, "detector",
-                         ObjectEdit(), result.masks[i] if with_masks else None,
-                         float(result.mask_scores[i]) if with_masks and result.mask_scores is not None else None)
-            for i, (box, score, phrase) in enumerate(zip(result.boxes, result.scores, result.phrases))
-        ]
+        objects = [ListedObject(number, key, box, score, phrase, phrase, source, ObjectEdit(), mask, mask_score)
+                   for number, (key, box, score, phrase, source, mask, mask_score) in enumerate(listed, start=1)]
         return Curated(objects, result)
-    listed: list[tuple[BoxKey, np.ndarray, float, str, str, np.ndarray | None, float | None]] = []
-    for i, (box, score, phrase) in enumerate(zip(result.boxes, result.scores, result.phrases)):
-        mask = result.masks[i] if with_masks else None
-        mask_score = float(result.mask_scores[i]) if with_masks and result.mask_scores is not None else None
-        listed.append((box_key(box), np.asarray(box, np.float32), float(score), phrase, "detector", mask, mask_score))
     if curation.added:
         added_boxes = np.array([added.box for added in curation.added], np.float32).reshape(-1, 4)
         added_masks = pipeline.segment_boxes(loaded, added_boxes) if with_masks else None
@@ -286,6 +278,17 @@ def curate(curation: Curation, result: GroundedResult, pipeline: GroundedSAM, lo
         mask_scores=np.array([obj.mask_score for obj in shown], np.float32) if with_masks else None,
     )
     return Curated(objects, shown_result)
+
+
+def _detector_rows(result: GroundedResult) -> list[tuple[BoxKey, np.ndarray, float, str, str, np.ndarray | None, float | None]]:
+    """(key, box, score, phrase, "detector", mask, mask score) of each detection, in the pipeline's order."""
+    with_masks = result.masks is not None
+    return [
+        (box_key(box), np.asarray(box, np.float32), float(score), phrase, "detector",
+         result.masks[i] if with_masks else None,
+         float(result.mask_scores[i]) if with_masks and result.mask_scores is not None else None)
+        for i, (box, score, phrase) in enumerate(zip(result.boxes, result.scores, result.phrases))
+    ]  # fmt: skip
 
 
 def check_click(x: Any, y: Any, loaded: LoadedImage, keep: int) -> Point:

@@ -312,9 +312,7 @@ class Studio:
         `coco.json`, `detections.json`, `meta.json` (prompt, thresholds, models, sizes, the edits and their
         history) and `annotated.png`."""
         request = StudioRequest(image, prompt, box_threshold, text_threshold, nms_iou, use_sam, model, segmenter)
-        pipeline = self._pipeline(request)
-        result, loaded, _ = self._run(pipeline, request)
-        curation = self._in_context(curation, request, loaded)
+        pipeline, loaded, result, curation, _ = self._run_in_context(request, curation)
         curated = curate(curation, result, pipeline, loaded)
         result = curated.shown
         name = Path(image).name if isinstance(image, str) else "image.png"
@@ -344,9 +342,7 @@ class Studio:
         if not request.complete:
             return gr.skip(), gr.skip()
         start = time.perf_counter()
-        pipeline = self._pipeline(request)
-        result, loaded, _ = self._run(pipeline, request)
-        curation = self._in_context(curation, request, loaded)
+        pipeline, loaded, result, curation, _ = self._run_in_context(request, curation)
         curated = curate(curation, result, pipeline, loaded)
         picture = self._picture(request.image, curated.shown, mask_areas(curated.shown), marks(curation, curated))
         selected = selection_text(curated.by_key(curation.selected))
@@ -492,9 +488,7 @@ class Studio:
     def _curated_outputs(self, request: StudioRequest, curation: Curation | None) -> tuple[tuple[Any, ...], Curation]:
         """(the five result outputs of `request` with the session's edits, the curation for its context)."""
         start = time.perf_counter()
-        pipeline = self._pipeline(request)
-        result, loaded, calls = self._run(pipeline, request)
-        curation = self._in_context(curation, request, loaded)
+        pipeline, loaded, result, curation, calls = self._run_in_context(request, curation)
         return self._outputs(request, pipeline, loaded, result, curation, calls, start), curation
 
     def _outputs(
@@ -556,9 +550,16 @@ class Studio:
         """What an edit works on: the request's pipeline, image, (cached) result and the session's curation."""
         if not request.complete:
             raise InvalidEditError("There is nothing to edit yet: add an image and a prompt, and press Run.")
+        return self._run_in_context(request, curation)[:4]
+
+    def _run_in_context(
+        self, request: StudioRequest, curation: Curation | None
+    ) -> tuple[GroundedSAM, LoadedImage, GroundedResult, Curation, dict[str, int]]:
+        """The request's pipeline, image and (cached) result, the session's curation for that context, and the
+        model calls the run made."""
         pipeline = self._pipeline(request)
-        result, loaded, _ = self._run(pipeline, request)
-        return pipeline, loaded, result, self._in_context(curation, request, loaded)
+        result, loaded, calls = self._run(pipeline, request)
+        return pipeline, loaded, result, self._in_context(curation, request, loaded), calls
 
     def _in_context(self, curation: Curation | None, request: StudioRequest, loaded: LoadedImage) -> Curation:
         """The session's curation if it belongs to this image, prompt and models, else a clean one for them."""
