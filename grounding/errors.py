@@ -53,3 +53,15 @@ class InvalidVideoError(GroundingError):
     """The video cannot be used (not a video, damaged, no frames, frames too large, ...)."""
 
     title = "Video problem"
+
+
+class MissingDependencyError(GroundingError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""
+
+    title = "Missing package"
+
+
+class BatchRunError(GroundingError):
+    """A batch engine stopped (its cluster cannot be reached, its model actors cannot start, ...)."""
+
+    title = "Batch run failed"

@@ -8,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # --- SAM (tests/fixtures/sam.py) ---
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -52,3 +53,14 @@ def tiny_hf_dir(tmp_path):
 
     directory = tmp_path / "grounding-dino-tiny-random"
     return directory, tiny_hf_checkpoint(directory)
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A 120x160 RGB picture with a few coloured shapes (random models need some structure, not much)."""
+    rng = np.random.default_rng(0)
+    image = np.full((120, 160, 3), 200, np.uint8)
+    image[20:70, 15:80] = (220, 30, 30)
+    image[50:110, 90:150] = (30, 30, 220)
+    image += rng.integers(0, 20, image.shape, dtype=np.uint8)
+    return image

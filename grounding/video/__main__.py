@@ -13,10 +13,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from grounding.cli_options import add_model_options
 from grounding.errors import GroundingError
-from grounding.precision import CHOICES as PRECISION_CHOICES
-from grounding.segmenters import SEGMENTER_NAMES
-from grounding.shipped import SHAPES_NAME, load_named_pipeline
+from grounding.shipped import load_named_pipeline
 from grounding.video.job import VideoJob
 from grounding.video.source import VideoLimits
 from grounding.video.tracker import TrackerConfig
@@ -28,23 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video", required=True, help="a video file (MP4, WebM, MOV, ...) or a folder of frames")
     parser.add_argument("--prompt", required=True, help='phrases separated by ".", e.g. "cat . remote control ."')
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--detector", default="swint_ogc",
-                        help=f"detector name, local checkpoint, or {SHAPES_NAME!r} (the shipped demo models)")
-    parser.add_argument("--sam", default="auto",
-                        help=f"{' | '.join(SEGMENTER_NAMES)} | auto | a SAM .pth | a folder | none (boxes only)")
-    parser.add_argument("--sam-checkpoint", type=Path, default=None, help="local SAM .pth (skips the download)")
-    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
-    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
+    add_model_options(parser, defaults.box_threshold, defaults.text_threshold)
     parser.add_argument("--keyframe-interval", type=int, default=defaults.keyframe_interval,
                         help="run the detector on every k-th frame; tracking carries objects between (1 = every frame)")
-    parser.add_argument("--box-threshold", type=float, default=defaults.box_threshold)
-    parser.add_argument("--text-threshold", type=float, default=defaults.text_threshold)
-    parser.add_argument("--nms-iou", type=float, default=None, help="class-agnostic NMS IoU (default off)")
     parser.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     parser.add_argument("--max-seconds", type=float, default=None, help="use only the first S seconds")
     parser.add_argument("--max-side", type=int, default=limits.max_side, help="scale larger frames down to this (px)")
     parser.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames (default 30); for a video file it overrides the file's")
-    parser.add_argument("--no-download", action="store_true", help="never download weights")
     return parser.parse_args(argv)
 
 

@@ -7,7 +7,7 @@ import pytest
 from app.curation import Curation, CurationLimits, curate
 from grounding.errors import InvalidEditError
 from grounding.pipeline import GroundedSAM
-from tests.pipeline.conftest import photo, tiny_detector  # noqa: F401 (fixtures)
+from tests.pipeline.conftest import tiny_detector  # noqa: F401 (fixtures)
 
 KEY = (10.0, 20.0, 60.0, 80.0)
 

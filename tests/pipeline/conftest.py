@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
 from torch import nn
 
@@ -50,14 +49,3 @@ def pipeline(tiny_detector, tiny_segmenter):
     grounded.forwards = counter.counts  # type: ignore[attr-defined]
     yield grounded
     counter.remove()
-
-
-@pytest.fixture(scope="session")
-def photo() -> np.ndarray:
-    """A 120x160 RGB picture with a few coloured shapes (random models need some structure, not much)."""
-    rng = np.random.default_rng(0)
-    image = np.full((120, 160, 3), 200, np.uint8)
-    image[20:70, 15:80] = (220, 30, 30)
-    image[50:110, 90:150] = (30, 30, 220)
-    image += rng.integers(0, 20, image.shape, dtype=np.uint8)
-    return image

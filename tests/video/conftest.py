@@ -7,7 +7,7 @@ import pytest
 from grounding.shipped import load_shapes_pipeline, shapes_available
 from grounding.train.moving_shapes import moving_shapes
 from grounding.video.outputs import Mp4Writer
-from tests.pipeline.conftest import photo, tiny_detector  # noqa: F401 (fixtures shared with the pipeline tests)
+from tests.pipeline.conftest import tiny_detector  # noqa: F401 (fixtures shared with the pipeline tests)
 
 PROMPT = "red circle . blue square . green star . yellow triangle"
 
