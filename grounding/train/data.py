@@ -8,6 +8,7 @@ caption tokens of that phrase (from `grounding.text.tokenize_caption`'s token sp
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import normalize, pil_to_tensor
 
 from grounding.text import split_phrases, tokenize_caption
+from grounding.train.wording import natural_phrase, unrelated_phrase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +42,10 @@ class CaptionSampling:
     # every object whose name holds a named word is a target of it. For attribute + noun names, it makes the
     # model learn each attribute on its own, which name-level captions rarely force (colour alone often suffices).
     word_phrases: float = 0.0
+    # Chance that a caption's phrases are written as people write them (`grounding.train.wording`: "a red circle",
+    # "red circles", "find the red circle", ...); the targets are then the tokens of the "colour shape" core.
+    natural: float = 0.0
+    max_unrelated: int = 0  # common object words ("dog", "a car") added as negatives (0..max_unrelated)
 
 
 @dataclass
@@ -143,12 +149,23 @@ class CocoGroundingDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         return Image.open(self.image_dir / self.images[index]["file_name"]).convert("RGB")
 
-    def _caption_phrases(self, rng: np.random.Generator, present: list[int]) -> tuple[list[str], dict[int, list[str]]]:
-        """The caption's phrases, and for each named present category the phrases its objects are targets of."""
-        if self.train and self.caption_sampling.word_phrases > 0 and rng.random() < self.caption_sampling.word_phrases:
+    def _caption_phrases(
+        self, rng: np.random.Generator, present: list[int]
+    ) -> tuple[list[str], dict[int, list[tuple[str, str]]]]:
+        """The caption's phrases, and for each named present category the (phrase, core) pairs its objects are
+        targets of: the target tokens are the core's, inside the phrase."""
+        sampling = self.caption_sampling
+        if self.train and sampling.word_phrases > 0 and rng.random() < sampling.word_phrases:
             return self._choose_words(rng, present)
         chosen = self._choose_categories(rng, present)
-        return [self.categories[c] for c in chosen], {c: [self.categories[c]] for c in chosen if c in present}
+        natural = self.train and sampling.natural > 0 and rng.random() < sampling.natural
+        written = {c: natural_phrase(self.categories[c], rng) if natural else (self.categories[c],) * 2 for c in chosen}
+        phrases = [written[c][0] for c in chosen]
+        if self.train and sampling.max_unrelated > 0:
+            extra = [unrelated_phrase(rng) for _ in range(int(rng.integers(0, sampling.max_unrelated + 1)))]
+            for phrase in extra:
+                phrases.insert(int(rng.integers(len(phrases) + 1)), phrase)
+        return phrases, {c: [written[c]] for c in chosen if c in present}
 
     def category_words(self, categories: Iterable[int]) -> list[str]:
         """The distinct words of these categories' phrases, in order of first appearance."""
@@ -160,7 +177,9 @@ class CocoGroundingDataset(Dataset):
         count = min(int(rng.integers(0, sampling.max_absent + 1)), available, sampling.max_phrases - named)
         return max(count, min(1, available)) if not named else count
 
-    def _choose_words(self, rng: np.random.Generator, present: list[int]) -> tuple[list[str], dict[int, list[str]]]:
+    def _choose_words(
+        self, rng: np.random.Generator, present: list[int]
+    ) -> tuple[list[str], dict[int, list[tuple[str, str]]]]:
         sampling = self.caption_sampling
         present_words = self.category_words(present)
         named = [str(w) for w in rng.permutation(present_words) if rng.random() < sampling.keep_present]
@@ -169,7 +188,7 @@ class CocoGroundingDataset(Dataset):
         count = self._absent_count(rng, len(named), len(absent))
         words = named + [str(w) for w in rng.choice(absent, size=count, replace=False)] if count else named
         rng.shuffle(words)
-        targets = {c: [w for w in self.categories[c].split() if w in named] for c in present}
+        targets = {c: [(w, w) for w in self.categories[c].split() if w in named] for c in present}
         return words, {c: ws for c, ws in targets.items() if ws}
 
     def _choose_categories(self, rng: np.random.Generator, present: list[int]) -> list[int]:
@@ -201,6 +220,20 @@ class CocoGroundingDataset(Dataset):
             related = [c for c in related if c != pick]
         return chosen
 
+    def _core_span(self, phrase: str, core: str, phrase_span: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+        """Token span of `core` inside `phrase`'s span in the chunk (None if the phrase did not fit in it). Words
+        are tokenised one by one (whitespace ends a word piece run), so the core's tokens follow the prefix's."""
+        cleaned = split_phrases([phrase])
+        if not cleaned or cleaned[0] not in phrase_span:
+            return None
+        start, end = phrase_span[cleaned[0]]
+        core_clean = split_phrases([core])[0]
+        found = re.search(rf"(?:^|(?<=\s)){re.escape(core_clean)}(?!\w)", cleaned[0])  # whole words; "star:" counts
+        if found is None:
+            return start, end
+        offset = len(self.tokenizer.tokenize(cleaned[0][: found.start()]))
+        return start + offset, min(end, start + offset + len(self.tokenizer.tokenize(core_clean)))
+
     def __getitem__(self, index: int) -> GroundingSample:
         info = self.images[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -211,7 +244,10 @@ class CocoGroundingDataset(Dataset):
         # The first chunk holds as many phrases as fit in max_text_len tokens; the others' boxes are dropped.
         chunk = tokenize_caption(phrases, self.tokenizer, self.max_text_len)[0]
         phrase_span = dict(zip(chunk.phrases, chunk.phrase_spans))
-        category_spans = {c: [phrase_span[p] for p in ps if p in phrase_span] for c, ps in target_phrases.items()}
+        category_spans = {
+            c: [span for phrase, core in pairs if (span := self._core_span(phrase, core, phrase_span)) is not None]
+            for c, pairs in target_phrases.items()
+        }
         category_spans = {c: spans for c, spans in category_spans.items() if spans}
         kept = [a for a in annotations if a["category_id"] in category_spans]
 

@@ -6,7 +6,8 @@ generated held-out scenes.
     python -m grounding.train.demo_model --out runs/shapes --part detector   # one part: data|detector|sam|eval
 
 Writes OUT/data/{train,heldout}/ (COCO JSON + PNG), OUT/model/ (checkpoints, logs, model.pth, sam.pth) and
-OUT/results.json (held-out AP50 with single-phrase prompts, absent-phrase rate, mask IoU, steps trained).
+OUT/results.json (held-out AP50 with single-phrase prompts, absent-phrase rate, mask IoU, the prompt families of
+`grounding.train.prompt_eval`, steps trained).
 Scenes are drawn at `image_size` (SAM's input); the detector reads them resized to `detector_size` (recorded
 as the input size in its checkpoint).
 Parts run in order and each skips what is already there; --minutes caps each training part (resumable).
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import torch
 
+from grounding.detector import GroundingDetector
+from grounding.pipeline import GroundedSAM
 from grounding.segmenters.sam import SAM_VARIANTS, build_sam, load_sam_checkpoint
 from grounding.text import load_tokenizer
 from grounding.train.data import CaptionSampling, CocoGroundingDataset, ImageSizes
 from grounding.train.eval import evaluate
+from grounding.train.prompt_eval import evaluate_prompts
 from grounding.train.sam_trainer import (
     SAM_FINAL_WEIGHTS, SamBoxDataset, SamTrainConfig, SamTrainer, evaluate_sam, evaluate_sam_clicks,
 )
@@ -57,6 +61,15 @@ class DemoRecipe:
     keep_present: float = 0.7  # present phrases left out of a caption teach "unnamed object -> no box"
     related_absent: float = 0.9  # negatives sharing a colour or shape with a present object
     word_phrases: float = 0.3  # captions of single words ("circle . red ."): shape must be learnt, not only colour
+    natural: float = 0.0  # captions written as people write ("a red circle", "red circles", "find the red star")
+    max_unrelated: int = 0  # common object words ("dog", "a car") as negatives
+    # The training scenes (the held-out scenes keep ShapesConfig's defaults, so AP50 stays comparable):
+    scene_min_radius: float = 0.06
+    scene_max_radius: float = 0.2
+    scene_max_objects: int = 6
+    scene_shade: float = 0.0
+    scene_log_radius: bool = False
+    prompt_eval_scenes: int = 100  # fresh scenes per family of `grounding.train.prompt_eval` in the eval part
     sam_variant: str = "shapes"
     sam_epochs: int = 20
     sam_batch_size: int = 16
@@ -71,9 +84,13 @@ class DemoRecipe:
 
 
 def _data(out: Path, recipe: DemoRecipe) -> None:
-    shapes = ShapesConfig(image_size=(recipe.image_size, recipe.image_size))
-    splits = {"train": (recipe.train_images, recipe.seed), "heldout": (recipe.heldout_images, recipe.seed + HELD_OUT_SEED_OFFSET)}
-    for split, (count, seed) in splits.items():
+    heldout = ShapesConfig(image_size=(recipe.image_size, recipe.image_size))
+    train = replace(heldout, min_radius=recipe.scene_min_radius, max_radius=recipe.scene_max_radius,
+                    max_objects=recipe.scene_max_objects, shade=recipe.scene_shade, log_radius=recipe.scene_log_radius,
+                    min_pixels=16 if recipe.scene_min_radius < 0.06 else heldout.min_pixels)
+    splits = {"train": (recipe.train_images, recipe.seed, train),
+              "heldout": (recipe.heldout_images, recipe.seed + HELD_OUT_SEED_OFFSET, heldout)}
+    for split, (count, seed, shapes) in splits.items():
         if not (out / "data" / split / "annotations.json").is_file():
             generate_dataset(out / "data" / split, count, seed, shapes, workers=max(1, recipe.workers))
 
@@ -94,7 +111,7 @@ def _train_detector(out: Path, recipe: DemoRecipe, minutes: float | None, device
         out / "data/train/annotations.json", out / "data/train/images", load_tokenizer(), sizes=sizes,
         caption_sampling=CaptionSampling(
             max_absent=recipe.max_absent, keep_present=recipe.keep_present, related_absent=recipe.related_absent,
-            word_phrases=recipe.word_phrases,
+            word_phrases=recipe.word_phrases, natural=recipe.natural, max_unrelated=recipe.max_unrelated,
         ), seed=recipe.seed,
     )  # fmt: skip
     torch.manual_seed(recipe.seed)
@@ -134,6 +151,8 @@ def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dic
             sizes=ImageSizes((recipe.detector_size,), recipe.detector_size), train=False,
         )  # fmt: skip
         result["detector"] = asdict(evaluate(build_model(out / "model" / FINAL_WEIGHTS), heldout, prompt_mode="single", device=device, progress=progress))
+        detector = GroundingDetector(build_model(out / "model" / FINAL_WEIGHTS).eval(), load_tokenizer(), "cpu")
+        result["prompts"] = [asdict(r) for r in evaluate_prompts(GroundedSAM(detector), recipe.prompt_eval_scenes)]
     if (out / "model" / SAM_FINAL_WEIGHTS).is_file():
         sam = load_sam_checkpoint(build_sam(SAM_VARIANTS[recipe.sam_variant]), out / "model" / SAM_FINAL_WEIGHTS)
         result["sam_mask_iou"] = evaluate_sam(sam, _sam_dataset(out, "heldout", recipe), device, progress)
@@ -193,6 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"detector batch (default {GPU_BATCH_SIZE} on a GPU, {defaults.batch_size} on CPU)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--natural", type=float, default=defaults.natural,
+                        help="share of captions written as people write (articles, plurals, sentences, ...)")
+    parser.add_argument("--max-unrelated", type=int, default=defaults.max_unrelated,
+                        help="common object words per caption as negatives (0..N)")
+    parser.add_argument("--scene-radius", type=float, nargs=2, default=(defaults.scene_min_radius, defaults.scene_max_radius),
+                        metavar=("MIN", "MAX"), help="training objects' radius, as a fraction of the image")
+    parser.add_argument("--scene-max-objects", type=int, default=defaults.scene_max_objects)
+    parser.add_argument("--scene-shade", type=float, default=defaults.scene_shade,
+                        help="up to this much white or black mixed into an object's colour")
+    parser.add_argument("--scene-log-radius", action="store_true", help="radii uniform in log scale")
     parser.add_argument("--sam-epochs", type=int, default=defaults.sam_epochs)
     parser.add_argument("--init-detector", default=None, help="continue from these detector weights (model.pth)")
     parser.add_argument("--init-sam", default=None, help="continue from these SAM weights (sam.pth)")
@@ -219,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         sam_epochs=args.sam_epochs, workers=args.workers, anneal_to_time_limit=args.anneal_to_time_limit,
         init_detector=args.init_detector, init_sam=args.init_sam, sam_lr=args.sam_lr,
         sam_point_fraction=args.sam_point_fraction, sam_train_encoder=not args.sam_freeze_encoder,
-        sam_merged_fraction=args.sam_merged_fraction,
+        sam_merged_fraction=args.sam_merged_fraction, natural=args.natural, max_unrelated=args.max_unrelated,
+        scene_min_radius=args.scene_radius[0], scene_max_radius=args.scene_radius[1],
+        scene_max_objects=args.scene_max_objects, scene_shade=args.scene_shade, scene_log_radius=args.scene_log_radius,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -45,6 +45,9 @@ class ShapesConfig:
     min_visible_fraction: float = 0.6  # an object may be covered by later ones, but not beyond this
     max_absent_phrases: int = 3  # absent phrases added to each image's caption
     colour_jitter: int = 18
+    shade: float = 0.0  # up to this fraction of white (pastel) or black (darker) mixed into an object's colour
+    log_radius: bool = False  # radii uniform in log scale (as many small as large objects over a wide range)
+    min_pixels: int = 64  # an object smaller than this is not drawn
 
 
 @dataclass
@@ -125,11 +128,14 @@ def render_scene(rng: np.random.Generator, config: ShapesConfig) -> tuple[Image.
     for _ in range(target_count * 20):
         if len(full_masks) == target_count:
             break
-        radius = rng.uniform(config.min_radius, config.max_radius) * short_side
+        if config.log_radius:
+            radius = math.exp(rng.uniform(math.log(config.min_radius), math.log(config.max_radius))) * short_side
+        else:
+            radius = rng.uniform(config.min_radius, config.max_radius) * short_side
         cx, cy = rng.uniform(radius * 0.7, width - radius * 0.7), rng.uniform(radius * 0.7, height - radius * 0.7)
         category = names[int(rng.integers(len(names)))]
         mask = shape_mask(category.split()[1], config.image_size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
-        if mask.sum() < 64:
+        if mask.sum() < config.min_pixels:
             continue
         candidate_visible = [v & ~mask for v in visible]
         if any(c.sum() < config.min_visible_fraction * f.sum() for c, f in zip(candidate_visible, full_masks)):
@@ -139,6 +145,9 @@ def render_scene(rng: np.random.Generator, config: ShapesConfig) -> tuple[Image.
         categories.append(category)
         colour = np.array(COLOURS[category.split()[0]], dtype=np.float32)
         colour = colour + rng.integers(-config.colour_jitter, config.colour_jitter + 1, size=3)
+        if config.shade > 0:  # a shade of the same colour: towards white or towards black
+            towards = 255.0 if rng.random() < 0.5 else 0.0
+            colour = colour + (towards - colour) * rng.uniform(0, config.shade)
         shading = rng.normal(scale=4.0, size=(height, width, 1))
         image = np.where(mask[..., None], np.clip(colour[None, None, :] + shading, 0, 255), image)
     rendered = Image.fromarray(image.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))

@@ -153,3 +153,23 @@ def test_category_names_become_the_phrases_the_tokenizer_sees(tmp_path, tokenize
     sample = dataset[0]
     assert sample.caption == "t v ." and sample.target["labels"].tolist() == [2]
     assert sample.target["positive_map"][0].nonzero().flatten().tolist() == [1, 2]
+
+
+def test_natural_captions_target_the_colour_and_shape_words(shapes, tokenizer):
+    """Captions written as people write ("a red circle", "find the blue stars!", unrelated "dog" negatives): each
+    object's positive tokens are exactly its colour and shape words (plural where written), never the article,
+    adjective, verb or punctuation around them."""
+    sampling = CaptionSampling(natural=1.0, max_unrelated=3, max_absent=3)
+    dataset = CocoGroundingDataset(*shapes, tokenizer, sizes=ImageSizes((120,), 400), caption_sampling=sampling)
+    seen_extra_words = False
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            seen_extra_words |= any(len(phrase.split()) > 2 for phrase in sample.phrases)
+            assert len(sample.target["labels"]) > 0
+            for row, label in enumerate(sample.target["labels"].tolist()):
+                tokens = [sample.input_ids[i] for i in sample.target["positive_map"][row].nonzero().flatten().tolist()]
+                colour, shape = dataset.categories[label].split()
+                assert tokenizer.decode(tokens) in (f"{colour} {shape}", f"{colour} {shape}s")
+    assert seen_extra_words

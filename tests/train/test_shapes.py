@@ -65,3 +65,29 @@ def test_caption_holds_every_present_phrase(shapes_dir):
         present = {names[a["category_id"]] for a in coco["annotations"] if a["image_id"] == info["id"]}
         assert present and present <= set(phrases)
         assert len(phrases) - len(present) <= SMALL.max_absent_phrases
+
+
+def test_wide_scenes_span_tiny_to_huge_objects_and_shades_stay_in_their_colour():
+    """The natural-prompt training scenes: radii from 0.02 to 0.4 of the image (log-uniform), up to 12 objects,
+    colours mixed towards white or black but still nearest their own named colour."""
+    from grounding.train.shapes import COLOURS, render_scene
+
+    config = ShapesConfig(image_size=(256, 256), min_radius=0.02, max_radius=0.4, max_objects=12, shade=0.45,
+                          log_radius=True, min_pixels=16)
+    extents, counts, nearest = [], [], []
+    palette = np.array(list(COLOURS.values()), np.float32)
+    for index in range(40):
+        image, instances = render_scene(np.random.default_rng([9, index]), config)
+        pixels = np.asarray(image, np.float32)
+        counts.append(len(instances))
+        for instance in instances:
+            ys, xs = np.nonzero(instance.mask)
+            extents.append(max(np.ptp(xs), np.ptp(ys)) + 1)
+            colour = np.median(pixels[instance.mask], axis=0)
+            direction = colour - colour.mean()  # hue, not lightness: a pastel or dark shade keeps its direction
+            cosine = palette - palette.mean(1, keepdims=True)
+            cosine = cosine @ direction / (np.linalg.norm(cosine, axis=1) * np.linalg.norm(direction) + 1e-6)
+            nearest.append(list(COLOURS)[int(cosine.argmax())] == instance.category.split()[0])
+    assert min(extents) <= 16 and max(extents) >= 150  # tiny (radius ~0.02 of 256 px) and huge objects both occur
+    assert max(counts) >= 10
+    assert np.mean(nearest) >= 0.9

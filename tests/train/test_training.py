@@ -181,7 +181,7 @@ def test_time_limit_stops_early_and_resume_finishes(shapes, tokenizer, tmp_path)
 def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
     recipe = DemoRecipe(
         image_size=128, detector_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1, batch_size=2,
-        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2,
+        warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2, prompt_eval_scenes=2,
     )  # fmt: skip
     summary = run(tmp_path, recipe, minutes=None, device="cpu", progress=False)
     assert summary["detector_training"]["steps"] == summary["detector_training"]["total_steps"] == 2
@@ -189,6 +189,10 @@ def test_demo_model_recipe_trains_and_scores_held_out_scenes(tmp_path):
     heldout = summary["heldout"]
     assert heldout["detector"]["num_images"] == 2 and 0 <= heldout["detector"]["absent_without_box"] <= 1
     assert 0 <= heldout["sam_mask_iou"] <= 1
+    from grounding.train.prompt_eval import FAMILIES
+
+    assert [family["family"] for family in heldout["prompts"]] == list(FAMILIES)  # each wording family on its own
+    assert all(family["scenes"] == 2 for family in heldout["prompts"])
     assert json.loads((tmp_path / "results.json").read_text()) == summary
     train = json.loads((tmp_path / "data/train/annotations.json").read_text())
     heldout_data = json.loads((tmp_path / "data/heldout/annotations.json").read_text())
