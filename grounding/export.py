@@ -70,8 +70,12 @@ def coco_dataset(entries: Sequence[tuple[str, GroundedResult]], names: Sequence[
             annotations.append(coco_annotation(
                 len(annotations) + 1, image_id, names.index(phrase) + 1, box, score, next(masks) if masks else None
             ))
-    categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return {"images": images, "annotations": annotations, "categories": coco_categories(names)}
+
+
+def coco_categories(names: Sequence[str]) -> list[dict[str, Any]]:
+    """COCO categories for class names in order (ids from 1)."""
+    return [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)]
 
 
 def coco_annotation(
@@ -186,7 +190,7 @@ def write_bundle(
         coco = {
             "images": [{"id": 1, "file_name": image_name, "width": width, "height": height}],
             "annotations": annotations,
-            "categories": [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)],
+            "categories": coco_categories(names),
         }
         archive.writestr("coco.json", json.dumps(coco, indent=1))
         summary = {"image_size": [width, height], "notes": result.notes,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from grounding.batch.config import BatchConfig, RayConfig
 from grounding.batch.inputs import ImageItem
@@ -60,7 +61,7 @@ def run_ray(todo: list[ImageItem], config: BatchConfig, ray_config: RayConfig,
         # not the execution plan of every run, nor a failure's stack trace: `_failure` says what went wrong
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         resources = ray.cluster_resources()
-        on_cpu = config.device is not None and _device_type(config.device) == "cpu"
+        on_cpu = config.device is not None and torch.device(config.device).type == "cpu"
         gpus = ray_config.num_gpus if ray_config.num_gpus is not None else (
             1.0 if resources.get("GPU", 0) > 0 and not on_cpu else 0.0)
         blocks = math.ceil(len(todo) / ray_config.batch_size)
@@ -95,10 +96,6 @@ def run_ray(todo: list[ImageItem], config: BatchConfig, ray_config: RayConfig,
         finally:
             if started_here:
                 ray.shutdown()
-
-
-def _device_type(device: str) -> str:
-    return device.split(":")[0]
 
 
 def _check_fits(resources: dict[str, float], actors: int, gpus: float, cpus_per_actor: int) -> None:
@@ -195,8 +192,6 @@ class _LabelActor:
     """One model replica: loads the run's models once, then labels block after block."""
 
     def __init__(self, config: BatchConfig, device: str, threads: int) -> None:
-        import torch
-
         torch.set_num_threads(threads)
         self.config = config
         self.pipeline = load_pipeline(config, device)

@@ -26,7 +26,7 @@ from grounding.batch.config import BatchConfig
 from grounding.batch.inputs import ImageItem
 from grounding.batch.records import EncodedImage
 from grounding.errors import InvalidOptionError
-from grounding.export import coco_rle_to_mask, mask_png_bytes, mask_png_name
+from grounding.export import coco_categories, coco_rle_to_mask, mask_png_bytes, mask_png_name
 from grounding.text import split_phrases
 
 try:
@@ -59,6 +59,7 @@ class RunFolder:
         self._pending: list[str] = []
         self._last_commit = time.monotonic()
         self._lock_file = None
+        self._next_shard = 1
         self._ran_as: Any = None  # how the committed results were computed ({"device": "cpu", "precision": "bf16"})
 
     def __enter__(self) -> "RunFolder":
@@ -66,6 +67,8 @@ class RunFolder:
         self._lock()
         try:
             self._check_settings()
+            numbers = [int(path.stem.split("-")[1]) for path in (self.out / SHARD_DIR).glob(SHARD_PATTERN)]
+            self._next_shard = max(numbers, default=0) + 1  # only this writer adds shards while the lock is held
             for record in self.records():
                 if "error" in record:
                     if record["id"] not in self.done:
@@ -112,10 +115,8 @@ class RunFolder:
         pending, self._pending = self._pending, []  # an interrupt after the rename must not commit them twice
         if not pending:
             return
-        shards = self.out / SHARD_DIR
-        numbers = [int(path.stem.split("-")[1]) for path in shards.glob(SHARD_PATTERN)]
-        final = shards / f"part-{max(numbers, default=0) + 1:06d}.jsonl"
-        aside = shards / f".{final.name}.tmp"
+        final = self.out / SHARD_DIR / f"part-{self._next_shard:06d}.jsonl"
+        aside = final.with_name(f".{final.name}.tmp")
         try:
             with open(aside, "w", encoding="utf-8") as stream:
                 stream.write("\n".join(pending) + "\n")
@@ -125,6 +126,7 @@ class RunFolder:
             self._pending = pending + self._pending
             raise
         os.replace(aside, final)
+        self._next_shard += 1
 
     def records(self) -> Any:
         """Every committed record, shard by shard."""
@@ -159,8 +161,7 @@ class RunFolder:
                 if "segmentation" in obj:
                     annotation["segmentation"] = obj["segmentation"]
                 annotations.append(annotation)
-        categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)]
-        _write_json(self.out / COCO_FILE, {"images": images, "annotations": annotations, "categories": categories})
+        _write_json(self.out / COCO_FILE, {"images": images, "annotations": annotations, "categories": coco_categories(names)})
         errors = {**{key: "no result was recorded (rerun to label it)" for key in listed}, **self.errors}
         failed = {key: errors[key] for key in sorted(listed) if key not in found}
         if failed:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import supervision as sv
 import torch
 
 from grounding.pipeline import GroundedSAM
@@ -53,18 +54,11 @@ class FamilyResult:
     no_box: float | None = None  # scenes without any box (the "no box" families)
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[N, 4] x [M, 4] xyxy -> [N, M]."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area = lambda boxes: (boxes[:, 2:] - boxes[:, :2]).prod(-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
-def _mask_box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+def _mask_boxes(masks: list[np.ndarray]) -> np.ndarray:
+    """[N, 4] xyxy px of masks' visible pixels, right and bottom edges exclusive (as the dataset's boxes)."""
+    if not masks:
+        return np.zeros((0, 4), np.float32)
+    return sv.mask_to_xyxy(np.stack(masks)).astype(np.float32) + np.array([0, 0, 1, 1], np.float32)
 
 
 def evaluate_family(pipeline: GroundedSAM, family: str, scenes: int, seed: int) -> FamilyResult:
@@ -95,8 +89,8 @@ def evaluate_family(pipeline: GroundedSAM, family: str, scenes: int, seed: int) 
         if style in ("absent", "unrelated"):
             clean += int(len(boxes) == 0)
             continue
-        truth = np.array([_mask_box(i.mask) for i in instances if i.category == target], np.float32).reshape(-1, 4)
-        iou = _box_iou(truth, boxes) if len(boxes) else np.zeros((len(truth), 0))
+        truth = _mask_boxes([i.mask for i in instances if i.category == target])
+        iou = sv.box_iou_batch(truth, boxes) if len(boxes) else np.zeros((len(truth), 0))
         wanted += len(truth)
         found += int((iou >= 0.5).any(1).sum()) if len(boxes) else 0
         boxes_total += len(boxes)
