@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import box_convert
 from torchvision.transforms.functional import normalize, pil_to_tensor
 
 from grounding.text import split_phrases, tokenize_caption
@@ -256,16 +257,9 @@ class CocoGroundingDataset(Dataset):
         short_side = int(rng.choice(self.sizes.short_sides)) if self.train else max(self.sizes.short_sides)
         resized = resize_to(image, short_side, self.sizes.max_long_side)
 
-        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # xywh px
-        boxes = torch.stack(
-            [
-                (boxes[:, 0] + boxes[:, 2] / 2) / width0,
-                (boxes[:, 1] + boxes[:, 3] / 2) / height0,
-                boxes[:, 2] / width0,
-                boxes[:, 3] / height0,
-            ],
-            dim=-1,
-        ).clamp(0, 1)  # [N, 4] cxcywh
+        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # [N, 4] xywh px
+        scale = torch.tensor([width0, height0, width0, height0], dtype=torch.float32)
+        boxes = (box_convert(boxes, "xywh", "cxcywh") / scale).clamp(0, 1)  # [N, 4] cxcywh in [0, 1]
         positive_map = torch.zeros(len(kept), self.max_text_len, dtype=torch.bool)
         for row, annotation in enumerate(kept):
             for start, end in category_spans[annotation["category_id"]]:

@@ -69,6 +69,7 @@ class DemoRecipe:
     scene_max_objects: int = 6
     scene_shade: float = 0.0
     scene_log_radius: bool = False
+    scene_mix: bool = False  # every other training scene keeps the held-out layout, so the wide ones add, not replace
     prompt_eval_scenes: int = 100  # fresh scenes per family of `grounding.train.prompt_eval` in the eval part
     sam_variant: str = "shapes"
     sam_epochs: int = 20
@@ -88,7 +89,7 @@ def _data(out: Path, recipe: DemoRecipe) -> None:
     train = replace(heldout, min_radius=recipe.scene_min_radius, max_radius=recipe.scene_max_radius,
                     max_objects=recipe.scene_max_objects, shade=recipe.scene_shade, log_radius=recipe.scene_log_radius,
                     min_pixels=16 if recipe.scene_min_radius < 0.06 else heldout.min_pixels)
-    splits = {"train": (recipe.train_images, recipe.seed, train),
+    splits = {"train": (recipe.train_images, recipe.seed, (train, heldout) if recipe.scene_mix else train),
               "heldout": (recipe.heldout_images, recipe.seed + HELD_OUT_SEED_OFFSET, heldout)}
     for split, (count, seed, shapes) in splits.items():
         if not (out / "data" / split / "annotations.json").is_file():
@@ -212,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"detector batch (default {GPU_BATCH_SIZE} on a GPU, {defaults.batch_size} on CPU)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--keep-present", type=float, default=defaults.keep_present,
+                        help="chance that each present object kind is named in a caption")
+    parser.add_argument("--related-absent", type=float, default=defaults.related_absent,
+                        help="share of negatives that share a word with a present phrase")
+    parser.add_argument("--word-phrases", type=float, default=defaults.word_phrases,
+                        help="share of captions made of single words (colour or shape alone)")
     parser.add_argument("--natural", type=float, default=defaults.natural,
                         help="share of captions written as people write (articles, plurals, sentences, ...)")
     parser.add_argument("--max-unrelated", type=int, default=defaults.max_unrelated,
@@ -222,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene-shade", type=float, default=defaults.scene_shade,
                         help="up to this much white or black mixed into an object's colour")
     parser.add_argument("--scene-log-radius", action="store_true", help="radii uniform in log scale")
+    parser.add_argument("--scene-mix", action="store_true",
+                        help="every other training scene in the default layout (as the held-out scenes)")
     parser.add_argument("--sam-epochs", type=int, default=defaults.sam_epochs)
     parser.add_argument("--init-detector", default=None, help="continue from these detector weights (model.pth)")
     parser.add_argument("--init-sam", default=None, help="continue from these SAM weights (sam.pth)")
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         sam_merged_fraction=args.sam_merged_fraction, natural=args.natural, max_unrelated=args.max_unrelated,
         scene_min_radius=args.scene_radius[0], scene_max_radius=args.scene_radius[1],
         scene_max_objects=args.scene_max_objects, scene_shade=args.scene_shade, scene_log_radius=args.scene_log_radius,
+        scene_mix=args.scene_mix, keep_present=args.keep_present, related_absent=args.related_absent,
+        word_phrases=args.word_phrases,
     )  # fmt: skip
     summary = run(args.out, recipe, args.minutes, args.device, progress=not args.no_progress, parts=tuple(args.part or PARTS))
     print(json.dumps(summary, indent=2))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from grounding.train.matcher import HungarianMatcher, Target
 
@@ -20,13 +20,8 @@ def token_focal_loss(
     logits: [B, Q, T] (may hold -inf where `valid` is False); targets: [B, Q, T] in {0, 1};
     valid: [B, Q, T] bool, False on padding tokens. Returns a scalar.
     """
-    logits = logits[valid].float()
-    targets = targets[valid].float()
-    prob = logits.sigmoid()
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * (1 - p_t) ** gamma * bce).sum() / num_boxes
+    pairs = sigmoid_focal_loss(logits[valid].float(), targets[valid].float(), alpha=alpha, gamma=gamma, reduction="sum")
+    return pairs / num_boxes
 
 
 def box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import multiprocessing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -162,9 +163,11 @@ def scene_caption(rng: np.random.Generator, present: list[str], max_absent: int)
     return " . ".join(chosen) + " ."
 
 
-def _render_one(index: int, out_dir: Path, seed: int, config: ShapesConfig) -> tuple[dict, list[dict]]:
-    """Scene `index` of `seed`: writes its PNG, returns its COCO image entry and annotations (without ids)."""
+def _render_one(index: int, out_dir: Path, seed: int, layouts: tuple[ShapesConfig, ...]) -> tuple[dict, list[dict]]:
+    """Scene `index` of `seed` (in layout `index` mod their number): writes its PNG, returns its COCO image entry and
+    annotations (without ids)."""
     rng = np.random.default_rng([seed, index])
+    config = layouts[index % len(layouts)]
     image, instances = render_scene(rng, config)
     file_name = f"{index:06d}.png"
     image.save(out_dir / "images" / file_name, compress_level=1)  # fast to write; pixels are what count
@@ -195,26 +198,28 @@ def _render_one(index: int, out_dir: Path, seed: int, config: ShapesConfig) -> t
 
 
 def generate_dataset(
-    out_dir: str | Path, num_images: int, seed: int = 0, config: ShapesConfig | None = None, workers: int = 1
+    out_dir: str | Path, num_images: int, seed: int = 0, config: ShapesConfig | Sequence[ShapesConfig] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write `num_images` scenes to out_dir/images/*.png and COCO JSON to out_dir/annotations.json (returned).
 
     Image i depends only on (seed, i), so a larger set extends a smaller one with the same seed, and the
-    result does not depend on `workers` (processes rendering in parallel).
+    result does not depend on `workers` (processes rendering in parallel). Given several configs (layouts),
+    scene i is drawn in layout i mod their number.
     Annotations carry "bbox" (xywh px of the visible mask), "area", "segmentation" (uncompressed COCO RLE) and
     "iscrowd"; images carry a "caption" with present and absent phrases.
     """
-    config = config or ShapesConfig()
+    layouts = (config or ShapesConfig(),) if config is None or isinstance(config, ShapesConfig) else tuple(config)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     names = category_names()
     coco: dict = {
-        "info": {"description": "grounding shapes", "seed": seed, "config": asdict(config)},
+        "info": {"description": "grounding shapes", "seed": seed, "config": [asdict(c) for c in layouts] if len(layouts) > 1 else asdict(layouts[0])},
         "categories": [{"id": i + 1, "name": name, "supercategory": name.split()[1]} for i, name in enumerate(names)],
         "images": [],
         "annotations": [],
     }
-    render = partial(_render_one, out_dir=out_dir, seed=seed, config=config)
+    render = partial(_render_one, out_dir=out_dir, seed=seed, layouts=layouts)
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
             scenes = pool.map(render, range(num_images), chunksize=16)

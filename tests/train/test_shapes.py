@@ -91,3 +91,20 @@ def test_wide_scenes_span_tiny_to_huge_objects_and_shades_stay_in_their_colour()
     assert min(extents) <= 16 and max(extents) >= 150  # tiny (radius ~0.02 of 256 px) and huge objects both occur
     assert max(counts) >= 10
     assert np.mean(nearest) >= 0.9
+
+
+def test_two_layouts_alternate_scene_by_scene(shapes_dir, tmp_path):
+    """Scene i of a two-layout set is scene i of the set drawn in layout i mod 2 alone: the even scenes here are
+    the SMALL set's, the odd ones hold only the other layout's large objects."""
+    large = ShapesConfig(image_size=(128, 96), min_radius=0.3, max_radius=0.4, max_objects=2)
+    coco = json.loads(generate_dataset(tmp_path, num_images=6, seed=3, config=(SMALL, large)).read_text())
+    plain = json.loads((shapes_dir / "annotations.json").read_text())
+    assert [c["max_radius"] for c in coco["info"]["config"]] == [0.2, 0.4]
+    for index in range(6):
+        boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == index + 1]
+        if index % 2 == 0:
+            assert boxes == [a["bbox"] for a in plain["annotations"] if a["image_id"] == index + 1]
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "images" / f"{index:06d}.png")),
+                                  np.asarray(Image.open(shapes_dir / "images" / f"{index:06d}.png")))
+        else:
+            assert 1 <= len(boxes) <= 2 and all(max(w, h) >= 0.4 * 96 for _, _, w, h in boxes)

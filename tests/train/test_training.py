@@ -213,6 +213,16 @@ def test_demo_model_parts_run_separately_and_merge_results(tmp_path):
     assert {p.name for p in (tmp_path / "model").iterdir()} >= {"model.pth", "sam.pth", "log.jsonl", "log_sam.jsonl"}
 
 
+def test_demo_model_scene_mix_alternates_wide_and_held_out_layouts(tmp_path):
+    recipe = DemoRecipe(image_size=128, train_images=4, heldout_images=2, scene_min_radius=0.02, scene_max_radius=0.4,
+                        scene_max_objects=12, scene_mix=True)  # fmt: skip
+    run(tmp_path, recipe, minutes=None, device="cpu", progress=False, parts=("data",))
+    train = json.loads((tmp_path / "data/train/annotations.json").read_text())["info"]["config"]
+    heldout = json.loads((tmp_path / "data/heldout/annotations.json").read_text())["info"]["config"]
+    assert [(c["max_radius"], c["max_objects"]) for c in train] == [(0.4, 12), (0.2, 6)]
+    assert train[1] == heldout  # every other training scene is laid out as the held-out ones
+
+
 def test_demo_model_continues_from_given_weights(tmp_path):
     recipe = DemoRecipe(image_size=128, detector_size=96, train_images=4, heldout_images=2, preset="tiny", epochs=1,
                         batch_size=2, warmup_steps=1, sam_variant="tiny", sam_epochs=1, sam_batch_size=2)  # fmt: skip
