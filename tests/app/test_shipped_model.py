@@ -102,20 +102,58 @@ def test_absent_phrases_find_nothing(pipeline, red_circle_scenes):
     assert checked >= 3
 
 
-def test_one_object_found_twice_under_one_phrase_is_one_box(pipeline):
-    """The shapes example gave two "yellow square" boxes (0.70 and 0.46) on one square, at IoU 0.98."""
-    from app.examples import EXAMPLES_DIR
+# Prompts as people write them (grounding/train/prompt_eval.py), on 30 fresh scenes a family: the issue's bars less
+# a margin for the smaller sample (the README's table has 100 scenes a family). The detector shipped before it read
+# "a X" at 0.32, plurals at 0.47, tiny and huge objects at 0.26 and 0.18, and unrelated words boxed 19% of scenes.
+WORDING_FLOOR = {
+    "article (a X)": ("recall", 0.75), "the X .": ("recall", 0.75), "plural (Xs)": ("recall", 0.75),
+    "adjectives (small bright X)": ("recall", 0.6), "sentence (find the X)": ("recall", 0.6),
+    "radius 0.02-0.05": ("recall", 0.55), "radius 0.25-0.4": ("recall", 0.55),
+    "shades (pastel / darker)": ("recall", 0.75), "unrelated words (no box)": ("no_box", 0.9),
+    "absent phrases (no box)": ("no_box", 0.8),
+}  # fmt: skip
 
-    image, prompt = EXAMPLES_DIR / "shapes_scene_1.png", "red circle . yellow square . blue star"
-    both = pipeline.detect(image, prompt, same_phrase_nms_iou=None)
-    assert both.phrases.count("yellow square") == 2
-    result = pipeline.detect(image, prompt)
-    assert result.phrases.count("yellow square") == 1 and result.phrases.count("red circle") == 1
-    assert result.scores[result.phrases.index("yellow square")] == max(
-        score for phrase, score in zip(both.phrases, both.scores) if phrase == "yellow square")
-    # "blue star" is not in the scene: its best score says how low the box threshold would have to go.
-    assert "blue star" not in result.phrases and 0 < result.phrase_scores["blue star"] < 0.35
-    assert result.phrase_scores["red circle"] == pytest.approx(float(max(result.scores)))
+
+@pytest.mark.parametrize("family", list(WORDING_FLOOR))
+def test_shipped_detector_reads_prompts_as_people_write_them(pipeline, family):
+    from grounding.train.prompt_eval import evaluate_family
+
+    measure, floor = WORDING_FLOOR[family]
+    result = evaluate_family(pipeline, family, scenes=30, seed=TEST_SEED + 2)
+    assert getattr(result, measure) >= floor, result
+
+
+def scene_with_a_phrase_found_twice(pipeline) -> tuple[np.ndarray, str, str]:
+    """The first fresh scene where, without same-phrase NMS, one phrase boxes one object twice (IoU >= 0.9):
+    (pixels, its prompt of every present phrase plus one absent phrase, the phrase found twice)."""
+    for index in range(300):
+        image, instances = render_scene(np.random.default_rng([TEST_SEED + 1, index]), ShapesConfig(image_size=SCENE_SIZE))
+        present = sorted({instance.category for instance in instances})
+        absent = unrelated_absent_phrase(set(present))
+        if absent is None:
+            continue
+        pixels, prompt = np.asarray(image), " . ".join([*present, absent])
+        result = pipeline.detect(pixels, prompt, same_phrase_nms_iou=None)
+        for phrase in present:
+            boxes = torch.as_tensor(np.asarray(result.boxes)[[p == phrase for p in result.phrases]])
+            if len(boxes) > 1 and (torchvision.ops.box_iou(boxes, boxes).fill_diagonal_(0) >= 0.9).any():
+                return pixels, prompt, phrase
+    raise AssertionError("no scene with one object boxed twice under one phrase in 300")
+
+
+def test_one_object_found_twice_under_one_phrase_is_one_box(pipeline):
+    """Two queries may land on one object with one phrase (the shapes example once gave two "yellow square" boxes,
+    0.70 and 0.46, at IoU 0.98): the default same-phrase NMS keeps the better one."""
+    pixels, prompt, twice = scene_with_a_phrase_found_twice(pipeline)
+    both = pipeline.detect(pixels, prompt, same_phrase_nms_iou=None)
+    result = pipeline.detect(pixels, prompt)
+    assert result.phrases.count(twice) == both.phrases.count(twice) - 1
+    assert result.scores[result.phrases.index(twice)] == max(s for p, s in zip(both.phrases, both.scores) if p == twice)
+    # The absent phrase gets no box; its best score says how low the box threshold would have to go.
+    absent = prompt.rsplit(" . ", 1)[1]
+    assert absent not in result.phrases and 0 < result.phrase_scores[absent] < 0.35
+    for phrase in set(result.phrases):
+        assert result.phrase_scores[phrase] == pytest.approx(max(s for p, s in zip(result.phrases, result.scores) if p == phrase))
 
 
 def test_offline_studio_falls_back_to_the_shipped_models(demo_server, red_circle_scenes, tmp_path):
