@@ -117,6 +117,7 @@ def click_picture(page, x: float, y: float, size: tuple[int, int]) -> None:
 
     enlarge, stride = view_factor(size, *VIEW_SIDES)
     img = page.locator("#result-image img")
+    img.evaluate("e => e.decode()")  # a picture just swapped in has no size until it is decoded
     natural_w, natural_h, box_w, box_h, fit = img.evaluate(
         "e => [e.naturalWidth, e.naturalHeight, e.clientWidth, e.clientHeight, getComputedStyle(e).objectFit]")
     px, py = x * enlarge / stride, y * enlarge / stride

@@ -110,10 +110,10 @@ time.sleep(wait_s)
 actor_id, actor = next(iter(label_actors().items()))
 os.kill(actor["Pid"], signal.SIGKILL)
 committed = sum(len(open(path).read().splitlines()) for path in glob.glob(os.path.join(shards, "part-*.jsonl")))
-while actor_id not in label_actors() or label_actors()[actor_id]["Pid"] == actor["Pid"]:
+while (alive := label_actors()).get(actor_id, actor)["Pid"] == actor["Pid"]:  # one listing per look: it may change
     assert time.monotonic() < deadline, "the actor was not restarted"
     time.sleep(0.05)
-restarted = label_actors()[actor_id]
+restarted = alive[actor_id]
 print(json.dumps([actor["Pid"], restarted["Pid"], restarted["NumRestarts"], committed]))
 """
 
