@@ -151,8 +151,9 @@ def _evaluate(out: Path, recipe: DemoRecipe, device: str, progress: bool) -> dic
             out / "data/heldout/annotations.json", out / "data/heldout/images", load_tokenizer(),
             sizes=ImageSizes((recipe.detector_size,), recipe.detector_size), train=False,
         )  # fmt: skip
-        result["detector"] = asdict(evaluate(build_model(out / "model" / FINAL_WEIGHTS), heldout, prompt_mode="single", device=device, progress=progress))
-        detector = GroundingDetector(build_model(out / "model" / FINAL_WEIGHTS).eval(), load_tokenizer(), "cpu")
+        model = build_model(out / "model" / FINAL_WEIGHTS)
+        result["detector"] = asdict(evaluate(model, heldout, prompt_mode="single", device=device, progress=progress))
+        detector = GroundingDetector(model, heldout.tokenizer, "cpu")  # the same weights, read once
         result["prompts"] = [asdict(r) for r in evaluate_prompts(GroundedSAM(detector), recipe.prompt_eval_scenes)]
     if (out / "model" / SAM_FINAL_WEIGHTS).is_file():
         sam = load_sam_checkpoint(build_sam(SAM_VARIANTS[recipe.sam_variant]), out / "model" / SAM_FINAL_WEIGHTS)

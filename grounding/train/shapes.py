@@ -209,7 +209,7 @@ def generate_dataset(
     Annotations carry "bbox" (xywh px of the visible mask), "area", "segmentation" (uncompressed COCO RLE) and
     "iscrowd"; images carry a "caption" with present and absent phrases.
     """
-    layouts = (config or ShapesConfig(),) if config is None or isinstance(config, ShapesConfig) else tuple(config)
+    layouts = tuple(config) if isinstance(config, Sequence) else (config or ShapesConfig(),)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     names = category_names()

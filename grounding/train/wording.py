@@ -21,6 +21,8 @@ UNRELATED = (
     "bowl", "knife", "spoon", "sofa", "bed", "television", "keyboard", "mouse", "vase", "teddy bear", "toothbrush",
     "man", "woman", "child", "road", "sky", "grass", "building", "lamp", "pen", "ball",
 )
+IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
+                     "knife": "knives", "fish": "fish", "sheep": "sheep", "bus": "buses", "sky": "skies"}
 STYLES = ("plain", "article", "the_dot", "plural", "adjective", "sentence")
 
 
@@ -30,10 +32,8 @@ def article(words: str) -> str:
 
 def plural(name: str) -> str:
     """"red circle" -> "red circles" (the shapes' nouns and the unrelated words all take an s, but for a few)."""
-    irregular = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
-                 "knife": "knives", "fish": "fish", "sheep": "sheep", "bus": "buses", "box": "boxes", "glass": "glasses", "sky": "skies"}
     head, _, last = name.rpartition(" ")
-    last = irregular.get(last, last + "s")
+    last = IRREGULAR_PLURALS.get(last, last + "s")
     return f"{head} {last}" if head else last
 
 
